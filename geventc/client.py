@@ -1,0 +1,311 @@
+"""``Client``: the etcd v3 API over the JSON gateway.
+
+Plain keys (no namespace), no background greenlets: every call is one request (or a
+bounded series of retries) made in the calling greenlet. Keys and values accept ``str``
+(UTF-8) or ``bytes``; every argument is checked before any request is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import validate, wire
+from .endpoints import parse_endpoint
+from .errors import InvalidArgument, LeaseNotFound
+from .transport import TLSConfig, Transport, ensure_patched
+from .txn import Comparison, TxnOp, range_request, txn_body
+from .watchstream import WatchStream
+from .wire import (
+    DeleteResult,
+    Health,
+    KeyValue,
+    Lease,
+    LeaseTimeToLive,
+    Member,
+    PutResult,
+    RangeResult,
+    Status,
+    TxnResult,
+    Version,
+)
+
+WATCH_FILTERS = ("NOPUT", "NODELETE")
+
+
+class Client:
+    """A client of one etcd cluster.
+
+    ``endpoints`` is a list of URLs (or one comma-separated string); ``timeout`` bounds
+    every call including its retries, ``connect_timeout`` each connection attempt;
+    ``username``/``password`` enable token auth; ``tls`` configures https endpoints;
+    ``pool_size`` is the number of kept-alive connections per endpoint;
+    ``max_request_bytes`` mirrors the server's ``--max-request-bytes`` so oversize
+    writes fail before they are sent.
+    """
+
+    def __init__(
+        self,
+        endpoints: Any,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TLSConfig | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        pool_size: int = 64,
+        max_request_bytes: int = validate.DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        ensure_patched()
+        self.max_request_bytes = validate.integer(max_request_bytes, "max_request_bytes", minimum=1)
+        self.transport = Transport(
+            endpoints,
+            username=username,
+            password=password,
+            tls=tls,
+            timeout=validate.positive_number(timeout, "timeout"),
+            connect_timeout=validate.positive_number(connect_timeout, "connect_timeout"),
+            pool_size=validate.integer(pool_size, "pool_size", minimum=1, maximum=10_000),
+        )
+
+    def __repr__(self) -> str:
+        return f"Client({self.transport!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The normalised endpoint list."""
+        return list(self.transport.endpoints)
+
+    def close(self) -> None:
+        """Close the connection pools; later calls raise :class:`ClientClosed`."""
+        self.transport.close()
+
+    # --- KV ----------------------------------------------------------------------------
+
+    def get(
+        self, key: str | bytes, *, revision: int | None = None, serializable: bool = False
+    ) -> KeyValue | None:
+        """The key's current value (or at ``revision``), or None when it is absent.
+
+        ``serializable=True`` lets the answering member reply from its local state
+        without a quorum round (faster, possibly stale)."""
+        request = range_request(key, revision=revision, serializable=serializable)
+        result = self._range(request)
+        return result.kvs[0] if result.kvs else None
+
+    def get_prefix(
+        self,
+        prefix: str | bytes,
+        *,
+        limit: int = 0,
+        sort_target: str = "KEY",
+        sort_order: str = "NONE",
+        keys_only: bool = False,
+        count_only: bool = False,
+        revision: int | None = None,
+        serializable: bool = False,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+    ) -> RangeResult:
+        """Every key starting with ``prefix`` (the empty prefix: every key).
+
+        ``limit`` caps the keys returned (``more`` says more matched); ``sort_target``
+        is KEY, VERSION, CREATE, MOD or VALUE and ``sort_order`` NONE, ASCEND or
+        DESCEND; the revision bounds filter by create/mod revision."""
+        request = range_request(
+            prefix,
+            prefix=True,
+            limit=limit,
+            sort_target=sort_target,
+            sort_order=sort_order,
+            keys_only=keys_only,
+            count_only=count_only,
+            revision=revision,
+            serializable=serializable,
+            min_create_revision=min_create_revision,
+            max_create_revision=max_create_revision,
+            min_mod_revision=min_mod_revision,
+            max_mod_revision=max_mod_revision,
+        )
+        return self._range(request)
+
+    def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int | Lease | None = None,
+        prev_kv: bool = False,
+    ) -> PutResult:
+        """Set ``key`` to ``value``, attached to ``lease`` if given; the result's header
+        carries the new revision, and ``prev_kv`` the previous key when asked for."""
+        k, v = validate.key(key), validate.value(value)
+        validate.request_size(len(k) + len(v), self.max_request_bytes, "the put")
+        body = wire.put_body(k, v, _lease_id(lease), validate.boolean(prev_kv, "prev_kv"))
+        answer = self.transport.call("/v3/kv/put", body, write=True)
+        return wire.decode("put", wire.put_result, answer)
+
+    def delete(self, key: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
+        """Delete ``key``; ``deleted`` is 1 if it existed, else 0."""
+        body = wire.delete_body(validate.key(key), b"", validate.boolean(prev_kv, "prev_kv"))
+        answer = self.transport.call("/v3/kv/deleterange", body, write=True)
+        return wire.decode("delete", wire.delete_result, answer)
+
+    def delete_prefix(self, prefix: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
+        """Delete every key starting with the (non-empty) ``prefix``."""
+        raw = validate.prefix(prefix, allow_empty=False)
+        body = wire.delete_body(
+            raw, wire.prefix_range_end(raw), validate.boolean(prev_kv, "prev_kv")
+        )
+        answer = self.transport.call("/v3/kv/deleterange", body, write=True)
+        return wire.decode("delete", wire.delete_result, answer)
+
+    def compact(self, revision: int, *, physical: bool = False) -> None:
+        """Discard history before ``revision``; ``physical`` waits until it is purged."""
+        body: dict[str, Any] = {"revision": str(validate.integer(revision, "revision", minimum=1))}
+        if validate.boolean(physical, "physical"):
+            body["physical"] = True
+        self.transport.call("/v3/kv/compaction", body, write=True)
+
+    def txn(
+        self,
+        compare: Iterable[Comparison] = (),
+        success: Iterable[TxnOp] = (),
+        failure: Iterable[TxnOp] = (),
+    ) -> TxnResult:
+        """Run ``success`` if every comparison holds, else ``failure``, atomically.
+
+        Build comparisons with :class:`Compare` and operations with :class:`Op`."""
+        body, size = txn_body(compare, success, failure)
+        validate.request_size(size, self.max_request_bytes, "the transaction")
+        answer = self.transport.call("/v3/kv/txn", body, write=True)
+        return wire.decode("txn", wire.txn_result, answer)
+
+    def _range(self, request: wire.RangeRequest) -> RangeResult:
+        answer = self.transport.call("/v3/kv/range", request.body())
+        return wire.decode("range", wire.range_result, answer)
+
+    # --- leases ------------------------------------------------------------------------
+
+    def grant(self, ttl: int, lease_id: int = 0) -> Lease:
+        """Grant a lease of ``ttl`` seconds (the server may raise a tiny TTL to its
+        minimum; the result has the real one). ``lease_id`` 0 lets the server choose."""
+        body = {"TTL": str(validate.ttl(ttl)), "ID": str(validate.lease_id(lease_id, "lease_id"))}
+        answer = self.transport.call("/v3/lease/grant", body)
+        return wire.decode("lease grant", wire.lease, answer)
+
+    def revoke(self, lease: int | Lease) -> None:
+        """Revoke a lease, deleting every key attached to it; raises
+        :class:`LeaseNotFound` if it does not exist."""
+        self.transport.call("/v3/lease/revoke", {"ID": str(_lease_id(lease, required=True))})
+
+    def keepalive_once(self, lease: int | Lease) -> int:
+        """Renew a lease once and return its TTL; raises :class:`LeaseNotFound` when
+        the lease has expired or never existed."""
+        lease_id = _lease_id(lease, required=True)
+        answer = self.transport.call("/v3/lease/keepalive", {"ID": str(lease_id)})
+        granted = wire.decode("lease keepalive", wire.lease, answer)
+        if granted.ttl <= 0:
+            raise LeaseNotFound(f"lease {lease_id:x} has expired or does not exist")
+        return granted.ttl
+
+    def time_to_live(self, lease: int | Lease, *, keys: bool = False) -> LeaseTimeToLive:
+        """A lease's remaining and granted TTL (and attached keys with ``keys=True``);
+        raises :class:`LeaseNotFound` when it has expired or never existed."""
+        lease_id = _lease_id(lease, required=True)
+        body: dict[str, Any] = {"ID": str(lease_id)}
+        if validate.boolean(keys, "keys"):
+            body["keys"] = True
+        answer = self.transport.call("/v3/lease/timetolive", body)
+        result = wire.decode("lease timetolive", wire.lease_time_to_live, answer)
+        if result.ttl < 0:
+            raise LeaseNotFound(f"lease {lease_id:x} has expired or does not exist")
+        return result
+
+    def leases(self) -> list[int]:
+        """The IDs of every live lease."""
+        answer = self.transport.call("/v3/lease/leases", {})
+        return wire.decode("lease list", wire.lease_ids, answer)
+
+    # --- watch -------------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: str | bytes,
+        *,
+        prefix: bool = False,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+        filters: Iterable[str] = (),
+        progress_notify: bool = False,
+    ) -> WatchStream:
+        """Watch ``key`` (or every key under it, with ``prefix=True``).
+
+        The watch is established when this returns. Without ``start_revision`` it
+        reports changes after the current revision; with it, every change from that
+        revision on (use the revision of a read + 1 to continue from the read without
+        a gap). ``filters`` may hold NOPUT and NODELETE. Iterating the stream yields
+        :class:`WatchResponse` batches and raises :class:`Compacted` when the history
+        it needs was compacted."""
+        is_prefix = validate.boolean(prefix, "prefix")
+        raw = validate.prefix(key) if is_prefix else validate.key(key)
+        body: dict[str, Any] = {"key": wire.b64(raw or b"\0")}
+        if is_prefix:
+            body["range_end"] = wire.b64(wire.prefix_range_end(raw))
+        if validate.boolean(prev_kv, "prev_kv"):
+            body["prev_kv"] = True
+        if validate.boolean(progress_notify, "progress_notify"):
+            body["progress_notify"] = True
+        if isinstance(filters, str | bytes):
+            raise InvalidArgument("filters must be a list such as ['NODELETE']")
+        chosen = [validate.choice(f, "filter", WATCH_FILTERS) for f in filters]
+        if chosen:
+            body["filters"] = chosen
+        start = validate.optional_revision(start_revision, "start_revision")
+        return WatchStream(self.transport, body, start)
+
+    # --- cluster and maintenance -------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        """The cluster's members."""
+        answer = self.transport.call("/v3/cluster/member/list", {})
+        return wire.decode("member list", wire.members, answer)
+
+    def status(self, endpoint: str | None = None) -> Status:
+        """The status of ``endpoint`` (default: the endpoint in use)."""
+        target = parse_endpoint(endpoint) if endpoint is not None else None
+        answer = self.transport.call("/v3/maintenance/status", {}, endpoint=target)
+        return wire.decode("status", wire.status, answer)
+
+    def health(self, endpoint: str | None = None) -> Health:
+        """The ``/health`` answer of ``endpoint`` (default: the endpoint in use)."""
+        target = parse_endpoint(endpoint) if endpoint is not None else None
+        where = target or self.transport.current_endpoint
+        answer = self.transport.get("/health", endpoint=target)
+        if not isinstance(answer, dict):
+            return Health(endpoint=where, healthy=False, reason="malformed /health answer")
+        healthy = answer.get("health") in ("true", True)
+        return Health(endpoint=where, healthy=healthy, reason=str(answer.get("reason") or ""))
+
+    def version(self, endpoint: str | None = None) -> Version:
+        """The server's and the cluster's version."""
+        target = parse_endpoint(endpoint) if endpoint is not None else None
+        return wire.decode("version", wire.version, self.transport.get("/version", target))
+
+
+def _lease_id(lease: Any, *, required: bool = False) -> int:
+    if lease is None and not required:
+        return 0
+    if isinstance(lease, Lease):
+        return lease.id
+    if required:
+        return validate.integer(lease, "lease", minimum=1)
+    return validate.lease_id(lease)

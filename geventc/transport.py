@@ -1,0 +1,420 @@
+"""HTTP transport to etcd's JSON gateway: pools, failover, deadlines, TLS and auth.
+
+One urllib3 pool per endpoint, keep-alive connections. Requests go to the current
+endpoint; on a connection failure, a timeout or an ``Unavailable`` answer the transport
+moves to the next endpoint. Reads, watches and lease calls are retried there (with a
+small jittered backoff once every endpoint was tried) until the call's deadline; writes
+are retried only when the request certainly never reached a server, and a write that
+failed after it was sent raises :class:`IndeterminateWrite`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent.lock
+import gevent.monkey
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from . import errors, status
+from .endpoints import parse_endpoints
+from .wire import JSON
+
+log = logging.getLogger("geventc")
+
+HEADERS = {"Content-Type": "application/json", "Grpc-Metadata-Hasleader": "true"}
+BACKOFF_FIRST = 0.025
+BACKOFF_MAX = 0.5
+
+
+def ensure_patched() -> None:
+    """Raise :class:`NotPatched` unless the ``socket`` module is gevent-patched."""
+    if not gevent.monkey.is_module_patched("socket"):
+        raise errors.NotPatched(
+            "geventc needs gevent-patched sockets: call gevent.monkey.patch_all() at the very "
+            "start of the program (gunicorn's gevent worker and pytest-gevent do it for you)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """TLS settings for ``https://`` endpoints.
+
+    ``ca_file`` verifies the server (None: the system's CAs); ``cert_file`` and
+    ``key_file`` present a client certificate (mutual TLS); ``server_hostname``
+    overrides the name checked in the server's certificate.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if not isinstance(path, str | os.PathLike):
+                raise errors.InvalidArgument(f"TLSConfig.{name} must be a file path or None")
+            if not os.path.isfile(path):
+                raise errors.InvalidArgument(f"TLSConfig.{name} {path!r} is not a readable file")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise errors.InvalidArgument(
+                "TLSConfig needs both cert_file and key_file for a client certificate, or neither"
+            )
+        if self.server_hostname is not None and not isinstance(self.server_hostname, str):
+            raise errors.InvalidArgument("TLSConfig.server_hostname must be a str or None")
+
+    def pool_options(self) -> dict[str, Any]:
+        """urllib3 pool keyword arguments for these settings."""
+        options: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+        if self.ca_file:
+            options["ca_certs"] = os.fspath(self.ca_file)
+        if self.cert_file:
+            options["cert_file"] = os.fspath(self.cert_file)
+            options["key_file"] = os.fspath(self.key_file or "")
+        if self.server_hostname:
+            options["server_hostname"] = self.server_hostname
+        return options
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another endpoint (or a later try) may fix."""
+
+    def __init__(self, error: errors.EtcdError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Transport:
+    """Sends gateway requests with failover, deadlines, TLS and token auth.
+
+    ``timeout`` bounds each call, retries included; ``connect_timeout`` bounds each
+    connection attempt. The password is kept only to renew the token and never shown.
+    """
+
+    def __init__(
+        self,
+        endpoints: Any,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TLSConfig | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        pool_size: int = 64,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        secure = self.endpoints[0].startswith("https://")
+        if tls is not None and not isinstance(tls, TLSConfig):
+            raise errors.InvalidArgument("tls must be a geventc.TLSConfig or None")
+        if tls is not None and not secure:
+            raise errors.InvalidArgument(
+                "tls was given but the endpoints are http://; use https://"
+            )
+        if (username is None) != (password is None):
+            raise errors.InvalidArgument("username and password must be given together")
+        if username is not None and (not isinstance(username, str) or not username):
+            raise errors.InvalidArgument("username must be a non-empty str")
+        if password is not None and not isinstance(password, str):
+            raise errors.InvalidArgument("password must be a str")
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.username = username
+        self._password = password
+        self._token: str | None = None
+        self._auth_lock = gevent.lock.BoundedSemaphore()
+        self._current = 0
+        self._closed = False
+        options = (tls or TLSConfig()).pool_options() if secure else {}
+        self._pools = urllib3.PoolManager(
+            num_pools=max(8, 2 * len(self.endpoints)), maxsize=pool_size, block=False, **options
+        )
+
+    def __repr__(self) -> str:
+        user = f", username={self.username!r}" if self.username else ""
+        return f"Transport({self.endpoints!r}{user})"
+
+    # --- public --------------------------------------------------------------------
+
+    @property
+    def current_endpoint(self) -> str:
+        """The endpoint requests go to now."""
+        return self.endpoints[self._current]
+
+    def close(self) -> None:
+        """Close every pooled connection; later calls raise :class:`ClientClosed`."""
+        self._closed = True
+        self._pools.clear()
+
+    def call(
+        self,
+        path: str,
+        body: JSON,
+        *,
+        write: bool = False,
+        endpoint: str | None = None,
+        timeout: float | None = None,
+    ) -> JSON:
+        """POST ``body`` to ``path`` and return the decoded answer.
+
+        ``write`` marks a request that must not be repeated once sent; ``endpoint``
+        pins the request to one endpoint (no failover).
+        """
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        deadline = time.monotonic() + (timeout or self.timeout)
+        data = self._authorised(path, payload, write, endpoint, deadline)
+        return _decode_answer(data, endpoint or self.current_endpoint)
+
+    def get(self, path: str, endpoint: str | None = None, timeout: float | None = None) -> Any:
+        """GET ``path`` (``/health``, ``/version``) and return its JSON, whatever the
+        status."""
+        target = endpoint or self.current_endpoint
+        self._check_open()
+        limit = timeout or self.timeout
+        try:
+            response = self._pools.connection_from_url(target).urlopen(
+                "GET", path, headers=HEADERS, timeout=self._timeouts(limit), retries=False
+            )
+        except (HTTPError, OSError) as exc:
+            raise _transport_error(exc, target, write=False) from None
+        try:
+            return json.loads(response.data)
+        except ValueError:
+            raise errors.ProtocolError(f"{path} did not answer JSON", endpoint=target) from None
+
+    def open_stream(
+        self, path: str, body: JSON, *, timeout: float | None = None
+    ) -> tuple[urllib3.BaseHTTPResponse, str]:
+        """POST ``body`` to a streaming ``path`` and return the unread response and
+        the endpoint that answered; establishing it fails over like a read."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        deadline = time.monotonic() + (timeout or self.timeout)
+        for attempt in range(2):
+            token = self._token_for(deadline)
+            try:
+                return self._attempts(path, payload, False, None, deadline, token, stream=True)
+            except status.TokenExpired:
+                if attempt or self.username is None:
+                    raise
+                self._renew_token(token, deadline)
+        raise AssertionError("unreachable")
+
+    def token_expired(self, token_used: str | None, deadline: float) -> None:
+        """Tell the transport a stream saw its token expire: fetch a new one."""
+        if self.username is None:
+            raise errors.AuthenticationFailed("the server requires authentication")
+        self._renew_token(token_used, deadline)
+
+    @property
+    def token(self) -> str | None:
+        """The auth token in use (None without auth); for stream owners only."""
+        return self._token
+
+    def mark_failed(self, endpoint: str) -> None:
+        """Move away from ``endpoint`` if it is still the current one."""
+        if self.endpoints[self._current] == endpoint:
+            self._current = (self._current + 1) % len(self.endpoints)
+            log.info("etcd endpoint %s failed; now using %s", endpoint, self.current_endpoint)
+
+    # --- auth ------------------------------------------------------------------------
+
+    def _authorised(
+        self, path: str, payload: bytes, write: bool, endpoint: str | None, deadline: float
+    ) -> bytes:
+        for attempt in range(2):
+            token = self._token_for(deadline)
+            try:
+                response, _ = self._attempts(path, payload, write, endpoint, deadline, token)
+                return bytes(response.data)
+            except status.TokenExpired:
+                if attempt or self.username is None:
+                    raise
+                self._renew_token(token, deadline)
+        raise AssertionError("unreachable")
+
+    def _token_for(self, deadline: float) -> str | None:
+        if self.username is None or self._token is not None:
+            return self._token
+        self._renew_token(None, deadline)
+        return self._token
+
+    def _renew_token(self, stale: str | None, deadline: float) -> None:
+        with self._auth_lock:
+            if self._token != stale:  # another greenlet renewed it meanwhile
+                return
+            body = {"name": self.username, "password": self._password}
+            payload = json.dumps(body).encode()
+            try:
+                response, target = self._attempts(
+                    "/v3/auth/authenticate", payload, False, None, deadline, None
+                )
+            except (status.TokenExpired, errors.AuthenticationFailed) as exc:
+                raise errors.AuthenticationFailed(
+                    f"etcd rejected the credentials of user {self.username!r}: {exc.message}",
+                    code=exc.code,
+                    endpoint=exc.endpoint,
+                ) from None
+            answer = _decode_answer(bytes(response.data), target)
+            token = answer.get("token")
+            if not isinstance(token, str) or not token:
+                raise errors.ProtocolError("etcd's authenticate answer carries no token")
+            self._token = token
+            log.debug("authenticated to etcd as %r", self.username)
+
+    # --- attempts --------------------------------------------------------------------
+
+    def _attempts(
+        self,
+        path: str,
+        payload: bytes,
+        write: bool,
+        endpoint: str | None,
+        deadline: float,
+        token: str | None,
+        *,
+        stream: bool = False,
+    ) -> tuple[urllib3.BaseHTTPResponse, str]:
+        """Try ``path`` on one endpoint after another until it succeeds, fails for
+        good, or the deadline passes; return the response and its endpoint."""
+        self._check_open()
+        headers = HEADERS if token is None else {**HEADERS, "Authorization": token}
+        tried = 0
+        backoff = BACKOFF_FIRST
+        while True:
+            target = endpoint or self.current_endpoint
+            try:
+                response = self._attempt(target, path, payload, headers, write, deadline, stream)
+                return response, target
+            except _Retryable as failure:
+                error = failure.error
+            tried += 1
+            if endpoint is None:
+                self.mark_failed(target)
+            remaining = deadline - time.monotonic()
+            if endpoint is not None or remaining <= 0:
+                raise error
+            if tried % len(self.endpoints) == 0:
+                pause = min(backoff * (0.5 + random.random()), remaining)
+                log.debug("every etcd endpoint failed (%s); retrying in %.3fs", error, pause)
+                time.sleep(pause)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            self._check_open()
+
+    def _attempt(
+        self,
+        target: str,
+        path: str,
+        payload: bytes,
+        headers: dict[str, str],
+        write: bool,
+        deadline: float,
+        stream: bool,
+    ) -> urllib3.BaseHTTPResponse:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.Timeout(f"request to {path} timed out", endpoint=target)
+        if not write and not stream and len(self.endpoints) > 1:
+            remaining = min(remaining, max(self.timeout / 2, self.connect_timeout))
+        try:
+            response = self._pools.connection_from_url(target).urlopen(
+                "POST",
+                path,
+                body=payload,
+                headers=headers,
+                timeout=self._timeouts(remaining, stream=stream),
+                retries=False,
+                redirect=False,
+                preload_content=not stream,
+            )
+        except (HTTPError, OSError) as exc:
+            error = _transport_error(exc, target, write)
+            if isinstance(exc, SSLError) or isinstance(error, errors.IndeterminateWrite):
+                raise error from None  # a TLS set-up error is not cured by another try
+            raise _Retryable(error) from None
+        if response.status == 200:
+            return response
+        data = response.data if not stream else response.read()
+        response.release_conn()
+        error = status.error_from_response(response.status, data, target)
+        if isinstance(error, errors.NoLeader | errors.TooManyRequests):
+            raise _Retryable(error)  # refused before the proposal: safe even for writes
+        if isinstance(error, errors.Unavailable | errors.Timeout):
+            if write:
+                raise errors.IndeterminateWrite(
+                    f"write to {path} failed after it was sent ({error.message}); "
+                    "it may or may not have been applied",
+                    code=error.code,
+                    endpoint=target,
+                ) from error
+            raise _Retryable(error)
+        raise error
+
+    def _timeouts(self, remaining: float, *, stream: bool = False) -> urllib3.Timeout:
+        connect = max(0.001, min(self.connect_timeout, remaining))
+        return urllib3.Timeout(connect=connect, read=None if stream else max(0.001, remaining))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ClientClosed("the etcd client is closed")
+
+
+def _transport_error(exc: BaseException, target: str, write: bool) -> errors.EtcdError:
+    """The geventc error for a urllib3/socket failure of one attempt."""
+    if isinstance(exc, SSLError):
+        return errors.ConnectionFailed(
+            f"TLS verification or handshake failed: {exc}", endpoint=target
+        )
+    if isinstance(exc, NewConnectionError):
+        return errors.ConnectionFailed(f"cannot connect: {_reason(exc)}", endpoint=target)
+    if isinstance(exc, ConnectTimeoutError):
+        return errors.ConnectionFailed("connection attempt timed out", endpoint=target)
+    if write:
+        return errors.IndeterminateWrite(
+            f"the write was sent but no answer came ({_reason(exc)}); "
+            "it may or may not have been applied",
+            endpoint=target,
+        )
+    if isinstance(exc, ReadTimeoutError | TimeoutError):
+        return errors.Timeout("no answer within the deadline", endpoint=target)
+    return errors.ConnectionFailed(f"connection lost: {_reason(exc)}", endpoint=target)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    return text.split(": ", 1)[-1] if ": " in text else text or type(exc).__name__
+
+
+def _decode_answer(data: bytes, endpoint: str) -> JSON:
+    """Decode a 200 answer; a streamed answer (keep-alive) is its first ``result``."""
+    try:
+        text = data.decode("utf-8")
+        first = text.lstrip().split("\n", 1)[0] if text.lstrip().startswith('{"result"') else text
+        decoded = json.loads(first) if first.strip() else {}
+    except ValueError:
+        raise errors.ProtocolError("etcd answered malformed JSON", endpoint=endpoint) from None
+    if not isinstance(decoded, dict):
+        raise errors.ProtocolError("etcd answered JSON that is not an object", endpoint=endpoint)
+    error = status.error_from_object(decoded, endpoint) if "error" in decoded else None
+    if error is not None:
+        raise error
+    result = decoded.get("result", decoded)
+    if not isinstance(result, dict):
+        raise errors.ProtocolError("etcd's stream result is not an object", endpoint=endpoint)
+    return result

@@ -1,0 +1,231 @@
+"""One etcd watch over one HTTP stream, resumed across endpoint failures.
+
+The gateway streams newline-delimited JSON messages ``{"result": WatchResponse}``. A
+:class:`WatchStream` is established when it is returned (the server has confirmed the
+watch), yields :class:`WatchResponse` batches in revision order, and when the
+connection breaks it re-creates the watch on the next endpoint from the revision after
+the last one it delivered, dropping anything older, so nothing is lost or repeated.
+Compaction past that revision raises :class:`Compacted`; ``cancel()`` ends the
+iteration from any greenlet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+from urllib3.exceptions import HTTPError
+
+from . import errors, status, wire
+from .wire import JSON, WatchResponse
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+log = logging.getLogger("geventc")
+
+_READ_SIZE = 65536
+_RETRY_PAUSE = 0.05
+_AUTH_REASONS = status.TOKEN_EXPIRED_MESSAGES
+
+
+class WatchStream:
+    """An iterator of :class:`WatchResponse` batches for one key or prefix.
+
+    ``start_revision`` is where the watch (re)starts next; ``created_revision`` the
+    store revision when the server first confirmed the watch.
+    """
+
+    def __init__(self, transport: Transport, request: JSON, start_revision: int) -> None:
+        self._transport = transport
+        self._request = request
+        self._response: urllib3.BaseHTTPResponse | None = None
+        self._endpoint = ""
+        self._token: str | None = None
+        self._buffer = b""
+        self._cancelled = False
+        self.start_revision = start_revision
+        self.created_revision = 0
+        self._connect(time.monotonic() + transport.timeout)
+
+    def __repr__(self) -> str:
+        key = wire.unb64(self._request.get("key"))
+        return f"WatchStream(key={key!r}, next_revision={self.start_revision})"
+
+    def __iter__(self) -> Iterator[WatchResponse]:
+        return self
+
+    def __enter__(self) -> WatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called or the stream ended with an error."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Stop the watch; an iteration in progress in another greenlet ends."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._drop_connection()
+
+    def __next__(self) -> WatchResponse:
+        outage_deadline: float | None = None
+        while not self._cancelled:
+            try:
+                if self._response is None:
+                    self._connect(outage_deadline or time.monotonic() + self._transport.timeout)
+                response = self._accept(self._next_message())
+            except _TRANSIENT as exc:
+                if self.cancelled:  # cancel() from another greenlet broke the read
+                    break
+                now = time.monotonic()
+                if outage_deadline is not None and now >= outage_deadline:
+                    self._fail()
+                    raise _as_error(exc, self._endpoint) from None
+                if outage_deadline is not None:
+                    time.sleep(_RETRY_PAUSE)
+                outage_deadline = outage_deadline or now + self._transport.timeout
+                self._broken(exc)
+                continue
+            except errors.EtcdError:
+                self._fail()
+                raise
+            if response is not None:
+                return response
+        raise StopIteration
+
+    # --- internals -------------------------------------------------------------------
+
+    def _connect(self, deadline: float) -> None:
+        body = dict(self._request)
+        if self.start_revision:
+            body["start_revision"] = str(self.start_revision)
+        response, endpoint = self._transport.open_stream(
+            "/v3/watch", {"create_request": body}, timeout=max(0.001, deadline - time.monotonic())
+        )
+        self._response, self._endpoint, self._buffer = response, endpoint, b""
+        self._token = self._transport.token
+        while True:
+            created = self._decode(self._next_message())
+            self._check_cancel(created)
+            if created.created:
+                break
+        if not self.created_revision:
+            self.created_revision = created.header.revision
+        if not self.start_revision:
+            self.start_revision = created.header.revision + 1
+
+    def _broken(self, cause: BaseException) -> None:
+        log.info(
+            "watch on %s broke (%s); resuming at revision %d",
+            self._endpoint or "etcd",
+            cause,
+            self.start_revision,
+        )
+        self._drop_connection()
+        if self._endpoint:
+            self._transport.mark_failed(self._endpoint)
+
+    def _accept(self, message: Any) -> WatchResponse | None:
+        response = self._decode(message)
+        self._check_cancel(response)
+        if response.created:
+            return None
+        fresh = tuple(e for e in response.events if e.kv.mod_revision >= self.start_revision)
+        if fresh:
+            self.start_revision = fresh[-1].kv.mod_revision + 1
+        elif response.is_progress_notify:
+            self.start_revision = max(self.start_revision, response.header.revision + 1)
+        elif response.events:
+            return None  # every event was a replay of something already delivered
+        if len(fresh) != len(response.events):
+            response = WatchResponse(header=response.header, events=fresh)
+        return response
+
+    def _decode(self, message: Any) -> WatchResponse:
+        error = status.error_from_object(message, self._endpoint)
+        if error is not None:
+            raise error
+        if not isinstance(message, dict) or "result" not in message:
+            raise errors.ProtocolError(
+                "watch stream message has no result", endpoint=self._endpoint
+            )
+        return wire.decode("watch", wire.watch_response, message["result"])
+
+    def _check_cancel(self, response: WatchResponse) -> None:
+        if not response.canceled:
+            return
+        if response.compact_revision:
+            raise errors.Compacted(
+                f"watch start revision {self.start_revision} was compacted "
+                f"(compacted up to {response.compact_revision})",
+                compact_revision=response.compact_revision,
+                endpoint=self._endpoint,
+            )
+        reason = response.cancel_reason
+        if any(m in reason for m in _AUTH_REASONS):
+            self._transport.token_expired(self._token, time.monotonic() + self._transport.timeout)
+            raise _StreamEnded(reason)
+        raise status.error_from_fields(None, reason or "watch canceled by etcd", self._endpoint)
+
+    def _next_message(self) -> Any:
+        while b"\n" not in self._buffer:
+            response = self._response
+            if response is None:
+                raise _StreamEnded("stream closed")
+            chunk = response.read1(_READ_SIZE)
+            if not chunk:
+                raise _StreamEnded("etcd closed the watch stream")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        if not line.strip():
+            return self._next_message()
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise errors.ProtocolError("malformed watch message", endpoint=self._endpoint) from None
+
+    def _drop_connection(self) -> None:
+        response, self._response = self._response, None
+        if response is None:
+            return
+        with contextlib.suppress(ValueError, RuntimeError, OSError):
+            response.shutdown()
+        response.close()
+        response.release_conn()
+
+    def _fail(self) -> None:
+        self._cancelled = True
+        self._drop_connection()
+
+
+class _StreamEnded(Exception):
+    """The HTTP stream ended or must be re-established."""
+
+
+_TRANSIENT = (
+    HTTPError,
+    OSError,
+    errors.Unavailable,
+    errors.ConnectionFailed,
+    errors.Timeout,
+    _StreamEnded,
+)
+
+
+def _as_error(exc: BaseException, endpoint: str) -> errors.EtcdError:
+    if isinstance(exc, errors.EtcdError):
+        return exc
+    return errors.ConnectionFailed(
+        f"watch stream lost and not re-established: {exc}", endpoint=endpoint
+    )
