@@ -49,6 +49,7 @@ class WatchStream:
         self._token: str | None = None
         self._buffer = b""
         self._cancelled = False
+        self._reading = False
         self.start_revision = start_revision
         self.created_revision = 0
         self._connect(time.monotonic() + transport.timeout)
@@ -76,9 +77,21 @@ class WatchStream:
         if self._cancelled:
             return
         self._cancelled = True
-        self._drop_connection()
+        if self._reading:
+            self._interrupt()  # the reading greenlet wakes up and closes the stream
+        else:
+            self._drop_connection()
 
     def __next__(self) -> WatchResponse:
+        self._reading = True
+        try:
+            return self._next_response()
+        finally:
+            self._reading = False
+            if self._cancelled:
+                self._drop_connection()
+
+    def _next_response(self) -> WatchResponse:
         outage_deadline: float | None = None
         while not self._cancelled:
             try:
@@ -195,14 +208,19 @@ class WatchStream:
         except ValueError:
             raise errors.ProtocolError("malformed watch message", endpoint=self._endpoint) from None
 
+    def _interrupt(self) -> None:
+        if self._response is not None:
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                self._response.shutdown()
+
     def _drop_connection(self) -> None:
+        self._interrupt()
         response, self._response = self._response, None
         if response is None:
             return
-        with contextlib.suppress(ValueError, RuntimeError, OSError):
-            response.shutdown()
-        response.close()
-        response.release_conn()
+        with contextlib.suppress(OSError, HTTPError):
+            response.close()
+            response.release_conn()
 
     def _fail(self) -> None:
         self._cancelled = True
