@@ -267,9 +267,9 @@ def show_progress(rep: str, scenario: str, name: str, run: Run) -> None:
 def summarise(runs: list[Run]) -> Summary:
     """The medians of several runs (errors are summed)."""
     return Summary(
-        ops_per_s=statistics.median(r.ops_per_s for r in runs),
-        p50_ms=statistics.median(r.p50_ms for r in runs),
-        p99_ms=statistics.median(r.p99_ms for r in runs),
+        ops_per_s=round(statistics.median(r.ops_per_s for r in runs), 1),
+        p50_ms=round(statistics.median(r.p50_ms for r in runs), 3),
+        p99_ms=round(statistics.median(r.p99_ms for r in runs), 3),
         errors=sum(r.errors for r in runs),
         runs_ops_per_s=[round(r.ops_per_s, 1) for r in runs],
     )
@@ -326,7 +326,8 @@ def print_table(data: dict[str, Any]) -> None:
     for name, value in data["environment"].items():
         print(f"{name + ':':16}{value}")
     settings = ", ".join(f"{k}={v}" for k, v in data["settings"].items())
-    print(f"{'settings:':16}{settings} (medians of {data['settings']['repeat']} repetitions)")
+    print(f"{'settings:':16}{settings}")
+    print(f"{'figures:':16}median over the repetitions; ratio = geventc ops/s / raw ops/s")
     print()
     header = (
         f"{'scenario':10} {'geventc ops/s':>13} {'raw ops/s':>10} {'ratio':>6}  "
@@ -339,8 +340,12 @@ def print_table(data: dict[str, Any]) -> None:
         print(
             f"{scenario:10} {g['ops_per_s']:13.0f} {r['ops_per_s']:10.0f} "
             f"{entry['ratio_geventc_raw']:6.3f}  "
-            f"{_latency(g):>19} {_latency(r):>16}  {g['errors']:>4}/{r['errors']:<5}"
+            f"{_latency(g):>19} {_latency(r):>16}  {_errors(g, r):>10}"
         )
+
+
+def _errors(geventc_figures: dict[str, Any], raw_figures: dict[str, Any]) -> str:
+    return f"{geventc_figures['errors']}/{raw_figures['errors']}"
 
 
 def _latency(figures: dict[str, Any]) -> str:

@@ -42,6 +42,7 @@ _BY_MESSAGE: tuple[tuple[str, type[errors.EtcdError]], ...] = (
     ("authentication is not enabled", errors.AuthenticationFailed),
     ("permission denied", errors.PermissionDenied),
     ("request is too large", errors.RequestTooLarge),
+    ("message larger than max", errors.RequestTooLarge),
     ("too many requests", errors.TooManyRequests),
     ("database space exceeded", errors.NoSpace),
     ("no leader", errors.NoLeader),

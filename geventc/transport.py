@@ -208,8 +208,10 @@ class Transport:
             token = self._token_for(deadline)
             try:
                 return self._attempts(path, payload, False, None, deadline, token, stream=True)
-            except status.TokenExpired:
-                if attempt or self.username is None:
+            except status.TokenExpired as exc:
+                if self.username is None:
+                    raise _auth_required(exc) from None
+                if attempt:
                     raise
                 self._renew_token(token, deadline)
         raise AssertionError("unreachable")
@@ -217,7 +219,9 @@ class Transport:
     def token_expired(self, token_used: str | None, deadline: float) -> None:
         """Tell the transport a stream saw its token expire: fetch a new one."""
         if self.username is None:
-            raise errors.AuthenticationFailed("the server requires authentication")
+            raise errors.AuthenticationFailed(
+                "etcd requires authentication for this watch; pass username= and password="
+            )
         self._renew_token(token_used, deadline)
 
     @property
@@ -241,8 +245,10 @@ class Transport:
             try:
                 response, _ = self._attempts(path, payload, write, endpoint, deadline, token)
                 return bytes(response.data)
-            except status.TokenExpired:
-                if attempt or self.username is None:
+            except status.TokenExpired as exc:
+                if self.username is None:
+                    raise _auth_required(exc) from None
+                if attempt:
                     raise
                 self._renew_token(token, deadline)
         raise AssertionError("unreachable")
@@ -309,7 +315,9 @@ class Transport:
             if endpoint is not None or remaining <= 0:
                 raise error
             if tried % len(self.endpoints) == 0:
-                pause = min(backoff * (0.5 + random.random()), remaining)
+                pause = backoff * (0.5 + random.random())
+                if pause >= remaining:
+                    raise error
                 log.debug("every etcd endpoint failed (%s); retrying in %.3fs", error, pause)
                 time.sleep(pause)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -325,9 +333,7 @@ class Transport:
         deadline: float,
         stream: bool,
     ) -> urllib3.BaseHTTPResponse:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise errors.Timeout(f"request to {path} timed out", endpoint=target)
+        remaining = max(0.001, deadline - time.monotonic())
         if not write and not stream and len(self.endpoints) > 1:
             remaining = min(remaining, max(self.timeout / 2, self.connect_timeout))
         try:
@@ -373,6 +379,14 @@ class Transport:
             raise errors.ClientClosed("the etcd client is closed")
 
 
+def _auth_required(exc: errors.EtcdError) -> errors.AuthenticationFailed:
+    return errors.AuthenticationFailed(
+        f"etcd requires authentication ({exc.message}); pass username= and password=",
+        code=exc.code,
+        endpoint=exc.endpoint,
+    )
+
+
 def _transport_error(exc: BaseException, target: str, write: bool) -> errors.EtcdError:
     """The geventc error for a urllib3/socket failure of one attempt."""
     if isinstance(exc, SSLError):
@@ -391,6 +405,12 @@ def _transport_error(exc: BaseException, target: str, write: bool) -> errors.Etc
         )
     if isinstance(exc, ReadTimeoutError | TimeoutError):
         return errors.Timeout("no answer within the deadline", endpoint=target)
+    if "without response" in str(exc) and target.startswith("http://"):
+        return errors.ConnectionFailed(
+            "the server closed the connection without an answer; if the cluster serves "
+            "TLS, use https:// endpoints and a TLSConfig",
+            endpoint=target,
+        )
     return errors.ConnectionFailed(f"connection lost: {_reason(exc)}", endpoint=target)
 
 

@@ -1,0 +1,124 @@
+"""Token auth against a real etcd with auth enabled and a short token TTL."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+from geventc import Client
+from geventc.errors import AuthenticationFailed, PermissionDenied
+from geventc.testing import ROOT_PASSWORD, EtcdServer
+
+TOKEN_TTL = 2
+ALICE_PASSWORD = "alice-s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[EtcdServer]:
+    with EtcdServer(auth=True, auth_token_ttl=TOKEN_TTL, fsync=False) as server:
+        server.add_user("alice", ALICE_PASSWORD, prefix="/alice/")
+        yield server
+
+
+def _idle_until_token_renewed(client: Client, key: str) -> str | None:
+    """Leave the client idle past the token TTL, then read; repeat until the client had
+    to fetch a new token (each use resets a simple token's TTL, so the wait must be idle).
+    Returns the stale token."""
+    stale = client.transport.token
+    deadline = time.monotonic() + 6 * TOKEN_TTL + 10
+    while client.transport.token == stale:
+        assert time.monotonic() < deadline, "the token never expired"
+        time.sleep(TOKEN_TTL + 1.5)  # idle on purpose: the token must expire unused
+        kv = client.get(key)
+        assert kv is not None
+    return stale
+
+
+def test_token_expiry_is_invisible(auth_server: EtcdServer) -> None:
+    client = Client(auth_server.endpoints, username="root", password=ROOT_PASSWORD)
+    client.put("/root/a", "1")
+    stale = _idle_until_token_renewed(client, "/root/a")
+    assert stale is not None and client.transport.token not in (None, stale)
+    client.close()
+
+
+def test_auth_store_change_is_invisible(auth_server: EtcdServer) -> None:
+    client = Client(auth_server.endpoints, username="root", password=ROOT_PASSWORD)
+    client.put("/root/b", "1")
+    auth_server.add_user(f"u{time.monotonic_ns()}", "pw")  # bumps the auth revision
+    client.put("/root/b", "2")  # a stale-revision token is renewed transparently
+    kv = client.get("/root/b")
+    assert kv is not None and kv.value == b"2"
+    client.close()
+
+
+def test_watch_after_token_expiry(auth_server: EtcdServer) -> None:
+    client = Client(auth_server.endpoints, username="root", password=ROOT_PASSWORD)
+    client.put("/root/w", "0")
+    stream = client.watch("/root/w")  # established with the first token
+    stale = _idle_until_token_renewed(client, "/root/w")
+    assert stale is not None
+    # a new watch with a fresh token, and the old one still delivers
+    fresh = client.watch("/root/w")
+    client.put("/root/w", "1")
+    with gevent.Timeout(5):
+        assert next(stream).events[0].kv.value == b"1"
+        assert next(fresh).events[0].kv.value == b"1"
+    stream.cancel()
+    fresh.cancel()
+    client.close()
+
+
+def test_bad_password(auth_server: EtcdServer) -> None:
+    client = Client(auth_server.endpoints, username="root", password="wrong-password-xyz")
+    with pytest.raises(AuthenticationFailed) as caught:
+        client.get("/a")
+    assert "wrong-password-xyz" not in str(caught.value)
+    assert "root" in str(caught.value)
+
+
+def test_no_credentials_on_an_auth_server(auth_server: EtcdServer) -> None:
+    with pytest.raises(AuthenticationFailed, match="username= and password="):
+        Client(auth_server.endpoints).get("/a")
+
+
+def test_limited_user_gets_permission_denied_outside_its_prefix(auth_server: EtcdServer) -> None:
+    client = Client(auth_server.endpoints, username="alice", password=ALICE_PASSWORD)
+    client.put("/alice/k", "mine")
+    kv = client.get("/alice/k")
+    assert kv is not None and kv.value == b"mine"
+    with pytest.raises(PermissionDenied):
+        client.put("/bob/k", "theirs")
+    with pytest.raises(PermissionDenied):
+        client.get("/bob/k")
+    with pytest.raises(PermissionDenied):
+        client.watch("/bob/", prefix=True)
+    client.close()
+
+
+def test_secrets_never_leak(auth_server: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = Client(auth_server.endpoints, username="alice", password=ALICE_PASSWORD)
+    client.put("/alice/s", "v")
+    token = client.transport.token
+    assert token
+    texts = [repr(client), str(client.transport), repr(client.transport)]
+    try:
+        client.put("/bob/s", "v")
+    except PermissionDenied as exc:
+        texts += [str(exc), repr(exc)]
+    bad = Client(auth_server.endpoints, username="alice", password="not-" + ALICE_PASSWORD)
+    try:
+        bad.get("/alice/s")
+    except AuthenticationFailed as exc:
+        texts += [str(exc), repr(exc)]
+    texts += [record.getMessage() for record in caplog.records]
+    assert len(texts) > 5
+    for text in texts:
+        assert ALICE_PASSWORD not in text
+        assert token not in text
+    client.close()
