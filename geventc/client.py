@@ -149,7 +149,7 @@ class Client:
         carries the new revision, and ``prev_kv`` the previous key when asked for."""
         k, v = validate.key(key), validate.value(value)
         validate.request_size(len(k) + len(v), self.max_request_bytes, "the put")
-        body = wire.put_body(k, v, _lease_id(lease), validate.boolean(prev_kv, "prev_kv"))
+        body = wire.put_body(k, v, validate.lease_ref(lease), validate.boolean(prev_kv, "prev_kv"))
         answer = self.transport.call("/v3/kv/put", body, write=True)
         return wire.decode("put", wire.put_result, answer)
 
@@ -205,12 +205,14 @@ class Client:
     def revoke(self, lease: int | Lease) -> None:
         """Revoke a lease, deleting every key attached to it; raises
         :class:`LeaseNotFound` if it does not exist."""
-        self.transport.call("/v3/lease/revoke", {"ID": str(_lease_id(lease, required=True))})
+        self.transport.call(
+            "/v3/lease/revoke", {"ID": str(validate.lease_ref(lease, required=True))}
+        )
 
     def keepalive_once(self, lease: int | Lease) -> int:
         """Renew a lease once and return its TTL; raises :class:`LeaseNotFound` when
         the lease has expired or never existed."""
-        lease_id = _lease_id(lease, required=True)
+        lease_id = validate.lease_ref(lease, required=True)
         answer = self.transport.call("/v3/lease/keepalive", {"ID": str(lease_id)})
         granted = wire.decode("lease keepalive", wire.lease, answer)
         if granted.ttl <= 0:
@@ -220,7 +222,7 @@ class Client:
     def time_to_live(self, lease: int | Lease, *, keys: bool = False) -> LeaseTimeToLive:
         """A lease's remaining and granted TTL (and attached keys with ``keys=True``);
         raises :class:`LeaseNotFound` when it has expired or never existed."""
-        lease_id = _lease_id(lease, required=True)
+        lease_id = validate.lease_ref(lease, required=True)
         body: dict[str, Any] = {"ID": str(lease_id)}
         if validate.boolean(keys, "keys"):
             body["keys"] = True
@@ -299,13 +301,3 @@ class Client:
         """The server's and the cluster's version."""
         target = parse_endpoint(endpoint) if endpoint is not None else None
         return wire.decode("version", wire.version, self.transport.get("/version", target))
-
-
-def _lease_id(lease: Any, *, required: bool = False) -> int:
-    if lease is None and not required:
-        return 0
-    if isinstance(lease, Lease):
-        return lease.id
-    if required:
-        return validate.integer(lease, "lease", minimum=1)
-    return validate.lease_id(lease)

@@ -174,11 +174,15 @@ class Op:
 
     @staticmethod
     def put(
-        key: str | bytes, value: str | bytes, *, lease: int = 0, prev_kv: bool = False
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int | wire.Lease | None = None,
+        prev_kv: bool = False,
     ) -> TxnOp:
         """Put ``value`` at ``key``, optionally attached to ``lease``."""
         k, v = validate.key(key), validate.value(value)
-        body = wire.put_body(k, v, validate.lease_id(lease), validate.boolean(prev_kv, "prev_kv"))
+        body = wire.put_body(k, v, validate.lease_ref(lease), validate.boolean(prev_kv, "prev_kv"))
         return TxnOp("request_put", body, len(k) + len(v))
 
     @staticmethod

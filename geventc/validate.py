@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import InvalidArgument, RequestTooLarge
+from .wire import Lease
 
 #: etcd's maximum lease TTL in seconds (``MaxLeaseTTL`` in server/lease).
 MAX_LEASE_TTL = 9_000_000_000
@@ -79,6 +80,16 @@ def optional_revision(value: Any, name: str = "revision") -> int:
 def lease_id(value: Any, name: str = "lease") -> int:
     """A lease ID (0 means 'no lease')."""
     return integer(value, name, minimum=0)
+
+
+def lease_ref(lease: Any, *, required: bool = False, name: str = "lease") -> int:
+    """A lease given as a :class:`~geventc.Lease` or its ID; None means no lease
+    unless ``required``."""
+    if lease is None and not required:
+        return 0
+    if isinstance(lease, Lease):
+        return lease.id
+    return integer(lease, name, minimum=1 if required else 0)
 
 
 def positive_number(value: Any, name: str) -> float:
