@@ -141,9 +141,8 @@ class Transport:
         self._current = 0
         self._closed = False
         options = (tls or TLSConfig()).pool_options() if secure else {}
-        self._pools = urllib3.PoolManager(
-            num_pools=max(8, 2 * len(self.endpoints)), maxsize=pool_size, block=False, **options
-        )
+        self._pool_options = {"maxsize": pool_size, "block": False, **options}
+        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
 
     def __repr__(self) -> str:
         user = f", username={self.username!r}" if self.username else ""
@@ -159,7 +158,9 @@ class Transport:
     def close(self) -> None:
         """Close every pooled connection; later calls raise :class:`ClientClosed`."""
         self._closed = True
-        self._pools.clear()
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
 
     def call(
         self,
@@ -187,7 +188,7 @@ class Transport:
         self._check_open()
         limit = timeout or self.timeout
         try:
-            response = self._pools.connection_from_url(target).urlopen(
+            response = self._pool(target).urlopen(
                 "GET", path, headers=HEADERS, timeout=self._timeouts(limit), retries=False
             )
         except (HTTPError, OSError) as exc:
@@ -337,7 +338,7 @@ class Transport:
         if not write and not stream and len(self.endpoints) > 1:
             remaining = min(remaining, max(self.timeout / 2, self.connect_timeout))
         try:
-            response = self._pools.connection_from_url(target).urlopen(
+            response = self._pool(target).urlopen(
                 "POST",
                 path,
                 body=payload,
@@ -369,6 +370,14 @@ class Transport:
                 ) from error
             raise _Retryable(error)
         raise error
+
+    def _pool(self, endpoint: str) -> urllib3.HTTPConnectionPool:
+        """The keep-alive connection pool of ``endpoint`` (one per endpoint)."""
+        pool = self._pools.get(endpoint)
+        if pool is None:
+            pool = urllib3.connection_from_url(endpoint, **self._pool_options)
+            self._pools[endpoint] = pool
+        return pool
 
     def _timeouts(self, remaining: float, *, stream: bool = False) -> urllib3.Timeout:
         connect = max(0.001, min(self.connect_timeout, remaining))

@@ -48,3 +48,45 @@ def test_cluster_fixture_heals_between_tests(etcd_cluster: object) -> None:
     client = etcd_cluster.client()
     with gevent.Timeout(5):
         client.put(etcd_cluster.key("k"), "v")
+
+
+def _etcd_left_behind_by(script: str, *, kill_parent: bool) -> bool:
+    """Run ``script`` (which prints its etcd's pid) in a child Python; end that child
+    by SIGKILL or a normal exit and report whether its etcd is still alive after 10 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    etcd_pid = int(child.stdout.readline())
+    if kill_parent:
+        child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(etcd_pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+SPAWN = """
+import sys, time
+from geventc.testing import EtcdServer
+server = EtcdServer(fsync=False).start()
+print(server.members[0].process.pid, flush=True)
+{tail}
+"""
+
+
+def test_no_etcd_survives_an_exit_without_stop() -> None:
+    assert not _etcd_left_behind_by(SPAWN.format(tail="sys.exit(0)"), kill_parent=False)
+
+
+def test_no_etcd_survives_a_killed_test_process() -> None:
+    assert not _etcd_left_behind_by(SPAWN.format(tail="time.sleep(60)"), kill_parent=True)
