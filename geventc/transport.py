@@ -178,8 +178,8 @@ class Transport:
         """
         payload = json.dumps(body, separators=(",", ":")).encode()
         deadline = time.monotonic() + (timeout or self.timeout)
-        data = self._authorised(path, payload, write, endpoint, deadline)
-        return _decode_answer(data, endpoint or self.current_endpoint)
+        response, target = self._authorised(path, payload, write, endpoint, deadline)
+        return _decode_answer(bytes(response.data), target)
 
     def get(self, path: str, endpoint: str | None = None, timeout: float | None = None) -> Any:
         """GET ``path`` (``/health``, ``/version``) and return its JSON, whatever the
@@ -205,17 +205,7 @@ class Transport:
         the endpoint that answered; establishing it fails over like a read."""
         payload = json.dumps(body, separators=(",", ":")).encode()
         deadline = time.monotonic() + (timeout or self.timeout)
-        for attempt in range(2):
-            token = self._token_for(deadline)
-            try:
-                return self._attempts(path, payload, False, None, deadline, token, stream=True)
-            except status.TokenExpired as exc:
-                if self.username is None:
-                    raise _auth_required(exc) from None
-                if attempt:
-                    raise
-                self._renew_token(token, deadline)
-        raise AssertionError("unreachable")
+        return self._authorised(path, payload, False, None, deadline, stream=True)
 
     def token_expired(self, token_used: str | None, deadline: float) -> None:
         """Tell the transport a stream saw its token expire: fetch a new one."""
@@ -239,13 +229,23 @@ class Transport:
     # --- auth ------------------------------------------------------------------------
 
     def _authorised(
-        self, path: str, payload: bytes, write: bool, endpoint: str | None, deadline: float
-    ) -> bytes:
+        self,
+        path: str,
+        payload: bytes,
+        write: bool,
+        endpoint: str | None,
+        deadline: float,
+        *,
+        stream: bool = False,
+    ) -> tuple[urllib3.BaseHTTPResponse, str]:
+        """Send with the current token; when etcd says it expired, renew it and try
+        once more."""
         for attempt in range(2):
             token = self._token_for(deadline)
             try:
-                response, _ = self._attempts(path, payload, write, endpoint, deadline, token)
-                return bytes(response.data)
+                return self._attempts(
+                    path, payload, write, endpoint, deadline, token, stream=stream
+                )
             except status.TokenExpired as exc:
                 if self.username is None:
                     raise _auth_required(exc) from None
