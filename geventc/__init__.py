@@ -5,8 +5,17 @@ Start with :class:`Client` for the raw etcd API; every error is a
 """
 
 from . import errors
+from .channel import Channel
 from .client import Client
+from .connector import Connector, connect, prepare_endpoint_list
 from .errors import EtcdError, InvalidArgument
+from .lease import LeaseState
+from .recipes.base import RecipeError
+from .recipes.election import ElectionEvent, ElectionStatus, LeaderElector
+from .recipes.ephemeral import EphemeralEvent, EphemeralKey, EphemeralStatus
+from .recipes.health import ClusterHealth, ClusterStatus, HealthMonitor, MemberHealth
+from .recipes.observer import Observer, WatchEvent
+from .recipes.tracker import ServiceSnapshot, ServiceTracker
 from .transport import TLSConfig
 from .txn import Compare, Comparison, Op, TxnOp
 from .watchstream import WatchStream
@@ -31,29 +40,49 @@ from .wire import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Channel",
     "Client",
+    "ClusterHealth",
+    "ClusterStatus",
     "Compare",
     "Comparison",
+    "Connector",
     "DeleteResult",
+    "ElectionEvent",
+    "ElectionStatus",
+    "EphemeralEvent",
+    "EphemeralKey",
+    "EphemeralStatus",
     "EtcdError",
     "Event",
     "EventType",
     "Header",
     "Health",
+    "HealthMonitor",
     "InvalidArgument",
     "KeyValue",
+    "LeaderElector",
     "Lease",
+    "LeaseState",
     "LeaseTimeToLive",
     "Member",
+    "MemberHealth",
+    "Observer",
     "Op",
     "PutResult",
     "RangeResult",
+    "RecipeError",
+    "ServiceSnapshot",
+    "ServiceTracker",
     "Status",
     "TLSConfig",
     "TxnOp",
     "TxnResult",
     "Version",
+    "WatchEvent",
     "WatchResponse",
     "WatchStream",
+    "connect",
     "errors",
+    "prepare_endpoint_list",
 ]

@@ -122,3 +122,11 @@ class ServerError(EtcdError):
 
 class ProtocolError(EtcdError):
     """The server's answer could not be understood (malformed or unexpected body)."""
+
+
+class ChannelClosed(EtcdError):
+    """A recipe's channel was closed and every pending event was read."""
+
+
+class RecipeStateError(EtcdError, RuntimeError):
+    """A recipe call does not fit the recipe's state (started twice, used after stop)."""

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import urllib3
@@ -52,6 +52,8 @@ class WatchStream:
         self._reading = False
         self.start_revision = start_revision
         self.created_revision = 0
+        #: applied to every batch before it is yielded (a connector strips its namespace)
+        self.transform: Callable[[WatchResponse], WatchResponse] | None = None
         self._connect(time.monotonic() + transport.timeout)
 
     def __repr__(self) -> str:
@@ -163,7 +165,7 @@ class WatchStream:
             return None  # every event was a replay of something already delivered
         if len(fresh) != len(response.events):
             response = WatchResponse(header=response.header, events=fresh)
-        return response
+        return self.transform(response) if self.transform else response
 
     def _decode(self, message: Any) -> WatchResponse:
         error = status.error_from_object(message, self._endpoint)

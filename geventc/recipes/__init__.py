@@ -1,0 +1,1 @@
+"""The coordination recipes; each is made by a :class:`geventc.Connector` factory."""

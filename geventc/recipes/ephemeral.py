@@ -1,0 +1,180 @@
+"""EphemeralKey: a key that lives while this process keeps its lease alive.
+
+``create(value, ttl)`` writes the key attached to the connector's shared lease for
+that TTL (one keep-alive request per TTL/3 for all keys with the TTL), failing with
+:class:`KeyExists` when someone else holds the key. Its channel reports when the key is
+lost (lease expired, key deleted by someone else) and when it is re-established; a
+watch on the key's parent path notices a deletion at once. ``delete()`` removes the key
+and releases its share of the lease without touching the other keys on it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import validate
+from ..channel import Channel
+from ..errors import EtcdError, KeyExists, RecipeStateError
+from ..lease import KeptLease, LeaseState
+from ..txn import Compare, Op
+from ..watch import PrefixUpdate
+from ..wire import RangeResult
+from .base import Recipe, RecipeError
+
+if TYPE_CHECKING:
+    from ..connector import Connector
+
+log = logging.getLogger("geventc")
+
+
+class EphemeralStatus(enum.Enum):
+    """What happened to an ephemeral key."""
+
+    LOST = "LOST"
+    RESTORED = "RESTORED"
+
+
+@dataclass(frozen=True, slots=True)
+class EphemeralEvent:
+    """The key was lost (``reason`` says how) or re-established."""
+
+    status: EphemeralStatus
+    key: str
+    reason: str = ""
+
+
+def parent_prefix(key: bytes) -> bytes:
+    """The directory a key lives in, with its trailing ``/`` (watched for deletions)."""
+    cut = key.rstrip(b"/").rfind(b"/")
+    return key[: cut + 1] if cut >= 0 else b""
+
+
+class EphemeralKey(Recipe[EphemeralEvent]):
+    """A key kept alive by a shared lease; see the module docstring."""
+
+    def __init__(self, conn: Connector, path: str) -> None:
+        super().__init__(conn)
+        self.key = conn.namespace.strip(conn.namespace.key(path, "path"))
+        self._value = b""
+        self._lease: KeptLease | None = None
+        self._held = False
+        self._claimed_at = 0  # the revision at which we last (re)created the key
+        self._reclaiming = False
+        self._watched = parent_prefix(self.key)
+
+    def __repr__(self) -> str:
+        return f"EphemeralKey({self.key!r})"
+
+    def __enter__(self) -> EphemeralKey:
+        return self
+
+    def start(self) -> Channel[EphemeralEvent | RecipeError]:
+        """Ephemeral keys start with :meth:`create`."""
+        raise RecipeStateError("an EphemeralKey starts with create(value, ttl)")
+
+    def create(self, value: str | bytes, ttl: int = 10) -> Channel[EphemeralEvent | RecipeError]:
+        """Create the key with ``value`` under a lease of ``ttl`` seconds; when this
+        returns the key exists. Raises :class:`KeyExists` if another holder has it."""
+        data = validate.value(value)
+        ttl = validate.ttl(ttl)
+        self._begin()
+        try:
+            self._lease = self._conn.lease_keeper.acquire(ttl, self._on_lease)
+            self._value = data
+            if not self._claim():
+                raise KeyExists(f"key {self.key.decode()!r} is held by someone else")
+        except BaseException:
+            self.stop()
+            raise
+        self._conn.hub.subscribe(self._watched, self._on_change, key=self.key)
+        return self.channel
+
+    def update(self, value: str | bytes) -> None:
+        """Replace the key's value (kept for re-creation after a loss)."""
+        data = validate.value(value)
+        if not self._running or self._lease is None:
+            raise RecipeStateError("update() needs a created key (call create() first)")
+        self._value = data
+        lease = self._lease
+        result = self._conn.txn(
+            [Compare.lease(self.key) == lease.id], [Op.put(self.key, data, lease=lease.id)]
+        )
+        if not result.succeeded:
+            self._lost("the key was gone when it was updated")
+
+    def delete(self) -> None:
+        """Delete the key now and release its share of the lease."""
+        self.stop()
+
+    # --- internals -------------------------------------------------------------------
+
+    def _claim(self) -> bool:
+        """Create the key if absent (or already ours); True when we hold it."""
+        lease = self._lease
+        assert lease is not None
+        result = self._conn.txn(
+            [Compare.create_revision(self.key) == 0],
+            [Op.put(self.key, self._value, lease=lease.id)],
+            [Op.get(self.key)],
+        )
+        self._claimed_at = result.header.revision
+        if result.succeeded:
+            self._held = True
+            return True
+        read = result.responses[0]
+        ours = isinstance(read, RangeResult) and bool(read.kvs) and read.kvs[0].lease == lease.id
+        self._held = ours
+        return ours
+
+    def _reclaim(self, why: str) -> None:
+        if self._reclaiming or self._held:
+            return
+        self._reclaiming = True
+        try:
+            if self._claim():
+                self._emit(EphemeralEvent(EphemeralStatus.RESTORED, self.key.decode(), why))
+            else:
+                self._report(KeyExists(f"{self.key.decode()!r} was taken by someone else"))
+        except EtcdError as exc:
+            self._report(exc)
+        finally:
+            self._reclaiming = False
+
+    def _lost(self, why: str) -> None:
+        if self._held:
+            self._held = False
+            self._emit(EphemeralEvent(EphemeralStatus.LOST, self.key.decode(), why))
+
+    def _on_lease(self, lease: KeptLease, state: LeaseState) -> None:
+        if not self._running:
+            return
+        if state is LeaseState.LOST:
+            self._lost("the lease expired")
+        elif state is LeaseState.ACTIVE and not self._held:
+            self._greenlets.spawn(self._reclaim, "a new lease was granted")
+
+    def _on_change(self, update: PrefixUpdate) -> None:
+        lease = self._lease
+        if not self._running or lease is None or update.error or update.revision < self._claimed_at:
+            return  # stopped, or a view older than our last write
+        current = update.state.get(self.key)
+        mine = current is not None and current.lease == lease.id
+        if self._held and not mine:
+            self._lost("the key was deleted by someone else")
+        if not self._held and current is None and lease.valid:
+            self._greenlets.spawn(self._reclaim, "re-created after it was deleted")
+
+    def _release(self) -> None:
+        self._conn.hub.unsubscribe(self._watched, self._on_change, key=self.key)
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        try:
+            if self._held:
+                self._conn.txn([Compare.lease(self.key) == lease.id], [Op.delete(self.key)])
+        finally:
+            self._held = False
+            self._conn.lease_keeper.release(lease, self._on_lease)

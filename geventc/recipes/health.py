@@ -1,0 +1,124 @@
+"""HealthMonitor: the health of every member of the cluster.
+
+Every ``interval`` seconds it lists the members (``/v3/cluster/member/list``, so members
+not in the configured endpoints count too) and asks each one, concurrently, for its
+``/health`` and status. The cluster is ``HEALTHY`` when every member is, ``DEGRADED``
+while a quorum is, ``UNHEALTHY`` otherwise or when nothing answers. The first result is
+emitted, then only changes; with ``once=True`` one result and the channel closes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import gevent
+
+from .. import validate
+from ..channel import Channel
+from ..errors import EtcdError, Timeout
+from .base import Recipe, RecipeError
+
+if TYPE_CHECKING:
+    from ..connector import Connector
+
+
+class ClusterStatus(enum.Enum):
+    """The cluster's overall health."""
+
+    HEALTHY = "HEALTHY"
+    DEGRADED = "DEGRADED"
+    UNHEALTHY = "UNHEALTHY"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberHealth:
+    """One member's health as seen by the monitor."""
+
+    name: str
+    endpoint: str
+    healthy: bool
+    leader: bool = False
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHealth:
+    """The cluster's status and every member's health."""
+
+    status: ClusterStatus
+    members: tuple[MemberHealth, ...]
+
+    def _signature(self) -> tuple[object, ...]:
+        return (self.status, tuple((m.name, m.endpoint, m.healthy, m.leader) for m in self.members))
+
+
+class HealthMonitor(Recipe[ClusterHealth]):
+    """Checks every member's health; see the module docstring."""
+
+    def __init__(self, conn: Connector) -> None:
+        super().__init__(conn)
+        self._last: ClusterHealth | None = None
+
+    def __repr__(self) -> str:
+        return f"HealthMonitor({self._conn.client.endpoints})"
+
+    def start(
+        self, once: bool = False, interval: float = 10.0
+    ) -> Channel[ClusterHealth | RecipeError]:
+        """Start checking every ``interval`` seconds (or ``once``)."""
+        once = validate.boolean(once, "once")
+        interval = validate.positive_number(interval, "interval")
+        self._begin()
+        self._spawn(self._monitor, once, interval)
+        return self.channel
+
+    def check(self) -> ClusterHealth:
+        """Check the cluster now (in the calling greenlet)."""
+        timeout = min(self._conn.client.transport.timeout, 3.0)
+        try:
+            members = [
+                (m.name or f"{m.id:x}", m.client_urls[0])
+                for m in self._conn.members()
+                if m.client_urls
+            ]
+        except EtcdError as exc:
+            down = tuple(
+                MemberHealth(e, e, False, error=str(exc)) for e in self._conn.client.endpoints
+            )
+            return ClusterHealth(ClusterStatus.UNHEALTHY, down)
+        checks = [gevent.spawn(self._member, name, url, timeout) for name, url in members]
+        gevent.joinall(checks)
+        results = tuple(c.value for c in checks if c.value is not None)
+        healthy = sum(m.healthy for m in results)
+        if results and healthy == len(results):
+            status = ClusterStatus.HEALTHY
+        elif healthy > len(results) // 2:
+            status = ClusterStatus.DEGRADED
+        else:
+            status = ClusterStatus.UNHEALTHY
+        return ClusterHealth(status, results)
+
+    def _member(self, name: str, endpoint: str, timeout: float) -> MemberHealth:
+        client = self._conn.client
+        try:
+            with gevent.Timeout(
+                timeout, Timeout(f"no answer within {timeout}s", endpoint=endpoint)
+            ):
+                health = client.health(endpoint)
+                status = client.status(endpoint)
+        except EtcdError as exc:
+            return MemberHealth(name, endpoint, False, error=str(exc))
+        return MemberHealth(name, endpoint, health.healthy, status.is_leader, health.reason)
+
+    def _monitor(self, once: bool, interval: float) -> None:
+        while self._running:
+            health = self.check()
+            if self._last is None or health._signature() != self._last._signature():
+                self._last = health
+                self._emit(health)
+            if once:
+                self._finish()
+                return
+            gevent.sleep(interval)

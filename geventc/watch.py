@@ -1,0 +1,233 @@
+"""Shared prefix watches: one HTTP watch stream per prefix per connector.
+
+A :class:`PrefixWatch` keeps a local copy of every key under a prefix: it reads the
+prefix, then watches from the read's revision + 1 (no gap, no duplicate). Listeners get
+a :class:`PrefixUpdate` for each change, in revision order. After a disconnect it
+resumes from the last revision it applied; when that history was compacted it re-reads
+the prefix and hands listeners the difference as synthetic events (``resynced=True``),
+so their copy is exact again. Problems are reported to listeners (``error``) while it
+keeps trying. :class:`WatchHub` shares one PrefixWatch between all listeners of a prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+import gevent
+from gevent.pool import Group
+
+from .errors import Compacted, EtcdError
+from .watchstream import WatchStream
+from .wire import Event, EventType, KeyValue, RangeResult
+
+log = logging.getLogger("geventc")
+
+
+class PrefixSource(Protocol):
+    """What a PrefixWatch needs: a range read and a watch (Client or Connector)."""
+
+    def get_prefix(self, prefix: bytes) -> RangeResult: ...
+
+    def watch(
+        self,
+        key: bytes,
+        *,
+        prefix: bool = ...,
+        start_revision: int | None = ...,
+        prev_kv: bool = ...,
+    ) -> WatchStream: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixUpdate:
+    """A change under a watched prefix: the events, the state after them, its revision.
+
+    ``resynced`` marks the first state and every re-read after compaction; ``error``
+    reports a problem while the watch keeps retrying (events and state are then empty
+    and unchanged)."""
+
+    events: tuple[Event, ...]
+    state: Mapping[bytes, KeyValue]
+    revision: int
+    resynced: bool = False
+    error: EtcdError | None = None
+
+
+Listener = Callable[[PrefixUpdate], None]
+
+
+class PrefixWatch:
+    """One watch greenlet and stream for a prefix, with the prefix's current keys."""
+
+    def __init__(self, source: PrefixSource, prefix: bytes, group: Group) -> None:
+        self.prefix = prefix
+        self.revision = 0
+        self.synced = False
+        self._source = source
+        self._state: dict[bytes, KeyValue] = {}
+        self._listeners: list[Listener] = []
+        self._by_key: dict[bytes, list[Listener]] = {}
+        self._stream: WatchStream | None = None
+        self._greenlet = group.spawn(self._run)
+
+    def __repr__(self) -> str:
+        return f"PrefixWatch({self.prefix!r}, revision={self.revision}, keys={len(self._state)})"
+
+    @property
+    def state(self) -> Mapping[bytes, KeyValue]:
+        """A read-only view of the keys under the prefix now."""
+        return MappingProxyType(self._state)
+
+    @property
+    def listeners(self) -> int:
+        """How many listeners share this watch."""
+        return len(self._listeners) + sum(len(v) for v in self._by_key.values())
+
+    def add(self, listener: Listener, key: bytes | None = None) -> None:
+        """Add a listener of the whole prefix, or (with ``key``) of one key's events
+        only; once synced it is handed the current state at once."""
+        if key is None:
+            self._listeners.append(listener)
+        else:
+            self._by_key.setdefault(key, []).append(listener)
+        if self.synced:
+            self._call(listener, PrefixUpdate((), self.state, self.revision, resynced=True))
+
+    def remove(self, listener: Listener, key: bytes | None = None) -> None:
+        """Remove a listener."""
+        listeners = self._listeners if key is None else self._by_key.get(key, [])
+        if listener in listeners:
+            listeners.remove(listener)
+        if key is not None and not listeners:
+            self._by_key.pop(key, None)
+
+    def close(self) -> None:
+        """Stop the greenlet and the stream."""
+        if self._stream is not None:
+            self._stream.cancel()
+        self._greenlet.kill(block=True, timeout=2.0)
+
+    # --- the watching greenlet ---------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        need_read = True
+        while True:
+            try:
+                if need_read:
+                    self._resync()
+                    need_read = False
+                self._follow()
+                backoff = 0.05
+            except Compacted as exc:
+                log.info("watch on %r compacted (%s); re-reading the prefix", self.prefix, exc)
+                need_read = True
+            except EtcdError as exc:
+                log.warning("watch on %r failed (%s); retrying", self.prefix, exc)
+                self._publish(PrefixUpdate((), self.state, self.revision, error=exc))
+                gevent.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if self._stream is not None:
+                    self._stream.cancel()
+                    self._stream = None
+
+    def _resync(self) -> None:
+        result = self._source.get_prefix(self.prefix)
+        fresh = {kv.key: kv for kv in result.kvs}
+        events = [
+            Event(EventType.DELETE, KeyValue(key=k, mod_revision=result.header.revision), old)
+            for k, old in self._state.items()
+            if k not in fresh
+        ]
+        events += [
+            Event(EventType.PUT, kv, self._state.get(k))
+            for k, kv in fresh.items()
+            if self._state.get(k) != kv
+        ]
+        self._state = fresh
+        self.revision = result.header.revision
+        self.synced = True
+        self._publish(PrefixUpdate(tuple(events), self.state, self.revision, resynced=True))
+
+    def _follow(self) -> None:
+        self._stream = self._source.watch(
+            self.prefix, prefix=True, start_revision=self.revision + 1, prev_kv=True
+        )
+        for response in self._stream:
+            for event in response.events:
+                if event.type is EventType.DELETE:
+                    self._state.pop(event.kv.key, None)
+                else:
+                    self._state[event.kv.key] = event.kv
+            self.revision = max(self.revision, self._stream.start_revision - 1)
+            if response.events:
+                self._publish(PrefixUpdate(response.events, self.state, self.revision))
+
+    def _publish(self, update: PrefixUpdate) -> None:
+        for listener in list(self._listeners):
+            self._call(listener, update)
+        if not self._by_key:
+            return
+        if update.resynced or update.error:  # every key listener must re-check
+            for key, listeners in list(self._by_key.items()):
+                mine = tuple(e for e in update.events if e.kv.key == key)
+                for listener in list(listeners):
+                    self._call(listener, dataclasses.replace(update, events=mine))
+            return
+        for event in update.events:
+            for listener in list(self._by_key.get(event.kv.key, ())):
+                self._call(listener, dataclasses.replace(update, events=(event,)))
+
+    @staticmethod
+    def _call(listener: Listener, update: PrefixUpdate) -> None:
+        try:
+            listener(update)
+        except Exception:  # one listener's bug must not starve the others
+            log.exception("prefix watch listener %r failed", listener)
+
+
+class WatchHub:
+    """Shares one :class:`PrefixWatch` between every listener of a prefix."""
+
+    def __init__(self, source: PrefixSource, group: Group) -> None:
+        self._source = source
+        self._group = group
+        self._watches: dict[bytes, PrefixWatch] = {}
+
+    @property
+    def streams(self) -> int:
+        """How many prefix watches (HTTP watch streams) are open."""
+        return len(self._watches)
+
+    def subscribe(self, prefix: bytes, listener: Listener, key: bytes | None = None) -> PrefixWatch:
+        """Start (or join) the watch of ``prefix`` with ``listener`` (of one ``key``'s
+        events only, if given)."""
+        watch = self._watches.get(prefix)
+        if watch is None:
+            watch = PrefixWatch(self._source, prefix, self._group)
+            self._watches[prefix] = watch
+        watch.add(listener, key)
+        return watch
+
+    def unsubscribe(self, prefix: bytes, listener: Listener, key: bytes | None = None) -> None:
+        """Leave the watch of ``prefix``; the last listener's leaving stops it."""
+        watch = self._watches.get(prefix)
+        if watch is None:
+            return
+        watch.remove(listener, key)
+        if not watch.listeners:
+            del self._watches[prefix]
+            watch.close()
+
+    def close(self) -> None:
+        """Stop every watch."""
+        for watch in list(self._watches.values()):
+            watch.close()
+        self._watches.clear()
