@@ -214,10 +214,17 @@ class LeaderElector(Recipe[ElectionEvent]):
             self._report_status(ElectionStatus.FOLLOWER, leader=first.value_str)
 
     def _no_older_candidate(self) -> bool:
+        # as concurrency.waitDeletes: the newest key older than ours, if any (etcd's
+        # ``count`` ignores the revision filters, so look at the keys themselves)
         older = self._conn.get_prefix(
-            self._prefix, max_create_revision=self._revision - 1, count_only=True
+            self._prefix,
+            max_create_revision=self._revision - 1,
+            sort_target="CREATE",
+            sort_order="DESCEND",
+            limit=1,
+            keys_only=True,
         )
-        return older.count == 0
+        return not older.kvs
 
     def _first(self) -> KeyValue | None:
         if not self._state:

@@ -1,0 +1,238 @@
+"""LeaderElector against a real etcd: campaign, hand-over, fencing, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+import geventc
+from geventc import ElectionEvent, ElectionStatus, LeaderElector, Op, RecipeError
+from geventc.errors import InvalidArgument, NotLeader, RecipeStateError
+from geventc.testing import EtcdServer
+from geventc.testing.plugin import EtcdTestContext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def next_status(elector: LeaderElector, timeout: float = 10.0) -> ElectionEvent:
+    """The elector's next ElectionEvent (skipping RecipeError reports)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = elector.channel.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(event, ElectionEvent):
+            return event
+
+
+def wait_for(
+    elector: LeaderElector, status: ElectionStatus, timeout: float = 10.0
+) -> ElectionEvent:
+    deadline = time.monotonic() + timeout
+    while True:
+        event = next_status(elector, max(0.01, deadline - time.monotonic()))
+        if event.status is status:
+            return event
+
+
+@pytest.fixture
+def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
+        yield connector
+
+
+def test_single_candidate_leads_with_a_fencing_token(conn: geventc.Connector) -> None:
+    elector = conn.leader_elector("/election", "alpha", ttl=5)
+    elector.start()
+    event = next_status(elector)
+    assert event.status is ElectionStatus.LEADER and event.leader == "alpha"
+    (kv,) = conn.get_prefix("/election/").kvs
+    assert event.fencing_token == kv.create_revision and kv.value == b"alpha"
+    assert kv.key == b"/election/" + f"{kv.lease:x}".encode()
+    assert conn.time_to_live(kv.lease).granted_ttl == 5  # the TTL asked for is honoured
+    assert elector.leader() == "alpha" and elector.is_leader
+    elector.stop()
+    assert conn.get_prefix("/election/").kvs == ()
+    assert list(elector.channel) == []
+
+
+def test_follower_takes_over_at_once_on_resign(conn: geventc.Connector) -> None:
+    first = conn.leader_elector("/e", "first")
+    first.start()
+    assert next_status(first).status is ElectionStatus.LEADER
+    second = conn.leader_elector("/e", "second")
+    second.start()
+    event = next_status(second)
+    assert event.status is ElectionStatus.FOLLOWER and event.leader == "first"
+    assert second.leader() == "first"
+    started = time.monotonic()
+    first.stop()
+    event = wait_for(second, ElectionStatus.LEADER, timeout=5)
+    handover = time.monotonic() - started
+    assert event.leader == "second" and handover < 1.0, f"hand-over took {handover:.3f}s"
+    second.stop()
+
+
+def test_three_candidates_queue_in_order(conn: geventc.Connector) -> None:
+    electors = [conn.leader_elector("/q", f"c{i}") for i in range(3)]
+    for elector in electors:
+        elector.start()
+        next_status(elector)
+    assert [e.status for e in electors] == [ElectionStatus.LEADER] + [ElectionStatus.FOLLOWER] * 2
+    electors[0].stop()
+    assert wait_for(electors[1], ElectionStatus.LEADER).leader == "c1"
+    assert wait_for(electors[2], ElectionStatus.FOLLOWER).leader == "c1"
+    electors[1].stop()
+    assert wait_for(electors[2], ElectionStatus.LEADER).leader == "c2"
+    electors[2].stop()
+
+
+def test_guarded_writes_fence_a_stale_leader(conn: geventc.Connector) -> None:
+    leader = conn.leader_elector("/g", "l1")
+    leader.start()
+    token = wait_for(leader, ElectionStatus.LEADER).fencing_token
+    leader.txn([Op.put("/resource", "written by l1")])
+    stale_guard = leader.guard()
+    follower = conn.leader_elector("/g", "l2")
+    follower.start()
+    wait_for(follower, ElectionStatus.FOLLOWER)
+    with pytest.raises(NotLeader):
+        follower.guard()
+    with pytest.raises(NotLeader):
+        follower.txn([Op.put("/resource", "written by l2 as follower")])
+    leader.stop()
+    new_token = wait_for(follower, ElectionStatus.LEADER).fencing_token
+    assert new_token > token
+    # the old leader's guard no longer holds: a fenced write by it is refused
+    assert not conn.txn([stale_guard], [Op.put("/resource", "stale")]).succeeded
+    assert conn.txn([conn.txn_guard(follower)], [Op.put("/resource", "via txn_guard")]).succeeded
+    follower.txn([Op.put("/resource", "written by l2")])
+    kv = conn.get("/resource")
+    assert kv is not None and kv.value == b"written by l2"
+    follower.stop()
+
+
+def test_life_cycle_and_bad_input(conn: geventc.Connector) -> None:
+    with conn.leader_elector("/life", "x") as elector:
+        assert next_status(elector).status is ElectionStatus.LEADER
+        with pytest.raises(RecipeStateError):
+            elector.start()
+    elector.stop()  # idempotent
+    with pytest.raises(RecipeStateError):
+        elector.start()  # a stopped elector is not restarted; make a new one
+    for bad in (lambda: conn.leader_elector("/e", ""), lambda: conn.leader_elector("/e", 5)):  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="identity"):
+            bad()
+    with pytest.raises(InvalidArgument, match="ttl"):
+        conn.leader_elector("/e", "x", ttl=0)
+    with pytest.raises(InvalidArgument):
+        conn.leader_elector("", "x")
+    with pytest.raises(InvalidArgument, match="root"):
+        conn.leader_elector("/", "x")
+
+
+def _participant(endpoints: list[str], path: str, identity: str, ttl: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.helpers.participant",
+            ",".join(endpoints),
+            path,
+            identity,
+            str(ttl),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _read_event(process: subprocess.Popen[str], timeout: float = 15.0) -> dict[str, object]:
+    assert process.stdout is not None
+    with gevent.Timeout(timeout):
+        line = process.stdout.readline()
+    assert line, "the participant exited"
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+def test_crashed_leader_is_replaced_within_ttl(etcd: EtcdTestContext) -> None:
+    ttl = 3
+    path = etcd.key("crash")
+    other = _participant(etcd.endpoints, path, "doomed", ttl)
+    try:
+        assert _read_event(other)["status"] == "LEADER"
+        with geventc.connect(etcd.endpoints) as conn:
+            elector = conn.leader_elector(path, "survivor", ttl=ttl)
+            elector.start()
+            assert wait_for(elector, ElectionStatus.FOLLOWER).leader == "doomed"
+            other.kill()
+            killed = time.monotonic()
+            wait_for(elector, ElectionStatus.LEADER, timeout=ttl + 5)
+            took = time.monotonic() - killed
+            assert took < ttl + 1.0, f"replacement took {took:.2f}s for ttl {ttl}s"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_paused_leader_reports_lost_first_when_resumed(etcd: EtcdTestContext) -> None:
+    ttl = 3
+    path = etcd.key("pause")
+    paused = _participant(etcd.endpoints, path, "sleeper", ttl)
+    try:
+        assert _read_event(paused)["status"] == "LEADER"
+        with geventc.connect(etcd.endpoints) as conn:
+            elector = conn.leader_elector(path, "awake", ttl=ttl)
+            elector.start()
+            assert wait_for(elector, ElectionStatus.FOLLOWER).leader == "sleeper"
+            paused.send_signal(signal.SIGSTOP)
+            assert wait_for(elector, ElectionStatus.LEADER, timeout=ttl + 5).leader == "awake"
+            paused.send_signal(signal.SIGCONT)
+            first = _read_event(paused)
+            assert first["status"] == "LOST", first
+            after = _read_event(paused)
+            assert after["status"] == "FOLLOWER" and after["leader"] == "awake", after
+            elector.stop()
+    finally:
+        paused.kill()
+        paused.wait()
+
+
+@pytest.fixture
+def private_server() -> Iterator[EtcdServer]:
+    with EtcdServer(fsync=False) as server:
+        yield server
+
+
+def test_server_restart_suspends_then_leads_again(private_server: EtcdServer) -> None:
+    with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
+        elector = conn.leader_elector("/restart", "only", ttl=4)
+        elector.start()
+        wait_for(elector, ElectionStatus.LEADER)
+        private_server.kill(0)
+        assert (
+            wait_for(elector, ElectionStatus.SUSPENDED, timeout=10).status
+            is ElectionStatus.SUSPENDED
+        )
+        with pytest.raises(NotLeader):
+            elector.guard()  # a suspended leader must not act as leader
+        private_server.restart(0)
+        event = wait_for(elector, ElectionStatus.LEADER, timeout=20)
+        assert event.leader == "only" and elector.is_leader
+        elector.stop()
+
+
+def test_recipe_errors_are_reported_not_raised(conn: geventc.Connector) -> None:
+    # sanity: the channel type admits RecipeError events alongside election events
+    elector = conn.leader_elector("/errs", "x")
+    channel = elector.start()
+    event = channel.get(timeout=10)
+    assert isinstance(event, ElectionEvent | RecipeError)
+    elector.stop()

@@ -1,0 +1,134 @@
+"""EphemeralKey against a real etcd: shared leases, loss and re-establishment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import geventc
+from geventc import EphemeralEvent, EphemeralKey, EphemeralStatus
+from geventc.errors import InvalidArgument, KeyExists, RecipeStateError
+from geventc.testing import EtcdServer
+from geventc.testing.plugin import EtcdTestContext
+
+
+def next_event(key: EphemeralKey, timeout: float = 10.0) -> EphemeralEvent:
+    deadline = time.monotonic() + timeout
+    while True:
+        event = key.channel.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(event, EphemeralEvent):
+            return event
+
+
+@pytest.fixture
+def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
+        yield connector
+
+
+def test_create_attaches_the_key_to_a_shared_lease(conn: geventc.Connector) -> None:
+    keys = [conn.ephemeral_key(f"/svc/api/i{i}") for i in range(3)]
+    for key in keys:
+        key.create("addr", ttl=5)
+    kvs = conn.get_prefix("/svc/api/").kvs
+    assert len(kvs) == 3 and len({kv.lease for kv in kvs}) == 1 and kvs[0].lease
+    assert [lease.holders for lease in conn.lease_keeper.leases()] == [3]
+    assert conn.time_to_live(kvs[0].lease).granted_ttl == 5
+    other_ttl = conn.ephemeral_key("/svc/api/other")
+    other_ttl.create("x", ttl=7)
+    assert len(conn.lease_keeper.leases()) == 2
+
+
+def test_key_exists_elsewhere(conn: geventc.Connector, etcd: EtcdTestContext) -> None:
+    conn.ephemeral_key("/taken").create("mine", ttl=5)
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as other:
+        with pytest.raises(KeyExists):
+            other.ephemeral_key("/taken").create("theirs", ttl=5)
+        assert other.lease_keeper.leases() == []  # the failed create released its lease
+    kv = conn.get("/taken")
+    assert kv is not None and kv.value == b"mine"
+
+
+def test_update_and_delete(conn: geventc.Connector) -> None:
+    key = conn.ephemeral_key("/u/k")
+    with pytest.raises(RecipeStateError, match="create"):
+        key.update("early")
+    key.create("v1", ttl=5)
+    key.update("v2")
+    kv = conn.get("/u/k")
+    assert kv is not None and kv.value == b"v2"
+    sibling = conn.ephemeral_key("/u/sibling")
+    sibling.create("s", ttl=5)
+    key.delete()
+    assert conn.get("/u/k") is None  # removed at once, not after the TTL
+    assert conn.get("/u/sibling") is not None  # the shared lease lives on
+    with pytest.raises(RecipeStateError):
+        key.update("late")
+    lease_id = conn.get("/u/sibling").lease  # type: ignore[union-attr]
+    sibling.delete()
+    assert lease_id not in conn.leases()  # the last holder revoked the lease
+
+
+def test_deleted_by_someone_else_is_reported_and_restored(conn: geventc.Connector) -> None:
+    key = conn.ephemeral_key("/d/k")
+    key.create("value", ttl=5)
+    conn.delete("/d/k")
+    lost = next_event(key)
+    assert lost.status is EphemeralStatus.LOST and lost.key == "/d/k"
+    restored = next_event(key)
+    assert restored.status is EphemeralStatus.RESTORED
+    kv = conn.get("/d/k")
+    assert kv is not None and kv.value == b"value"
+
+
+def test_lease_expiry_is_reported_and_restored_with_a_new_lease(conn: geventc.Connector) -> None:
+    key = conn.ephemeral_key("/x/k")
+    key.create("value", ttl=5)
+    old_lease = conn.get("/x/k").lease  # type: ignore[union-attr]
+    conn.revoke(old_lease)  # the server drops the lease and its keys
+    assert next_event(key).status is EphemeralStatus.LOST
+    assert next_event(key).status is EphemeralStatus.RESTORED
+    kv = conn.get("/x/k")
+    assert kv is not None and kv.lease not in (0, old_lease)
+
+
+def test_context_manager_and_bad_input(conn: geventc.Connector) -> None:
+    with conn.ephemeral_key("/cm") as key:
+        key.create("v", ttl=5)
+        assert conn.get("/cm") is not None
+    assert conn.get("/cm") is None
+    with pytest.raises(InvalidArgument, match="ttl"):
+        conn.ephemeral_key("/b").create("v", ttl=0)
+    with pytest.raises(InvalidArgument, match="value"):
+        conn.ephemeral_key("/b").create(None, ttl=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="path"):
+        conn.ephemeral_key("")
+    with pytest.raises(RecipeStateError):
+        conn.ephemeral_key("/b").start()
+
+
+@pytest.fixture
+def private_server() -> Iterator[EtcdServer]:
+    with EtcdServer(fsync=False) as server:
+        yield server
+
+
+def test_keys_survive_a_server_restart(private_server: EtcdServer) -> None:
+    ttl = 3
+    with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
+        key = conn.ephemeral_key("/r/k")
+        key.create("v", ttl=ttl)
+        private_server.kill(0)
+        private_server.restart(0)
+        # kept alive (or re-created) after the restart, and still there after the TTL
+        deadline = time.monotonic() + 3 * ttl
+        while time.monotonic() < deadline:
+            kv = conn.get("/r/k")
+            assert kv is not None or key.channel.get_nowait() is not None
+            time.sleep(0.2)
+        kv = conn.get("/r/k")
+        assert kv is not None and kv.value == b"v"
+        key.delete()
+        assert conn.get("/r/k") is None
