@@ -1,4 +1,4 @@
-"""The README's quickstart runs as pasted and prints what its comments promise."""
+"""The README's examples run as pasted and print what their comments promise."""
 
 from __future__ import annotations
 
@@ -7,22 +7,43 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
-def _quickstart() -> str:
-    text = README.read_text()
-    section = text.split("## Quickstart", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README has no quickstart code block"
-    return match.group(1)
+def _blocks(section: str) -> list[str]:
+    text = README.read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
-def test_quickstart_runs_as_pasted() -> None:
-    code = _quickstart()
-    assert len(code.strip().splitlines()) <= 22
+def _expected(code: str) -> list[str]:
+    """The outputs promised by ``print(...)  # output`` comments, in order."""
+    return [
+        line.split("  # ", 1)[1]
+        for line in code.splitlines()
+        if "print(" in line and "  # " in line
+    ]
+
+
+def _run(code: str) -> list[str]:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["blue", "leader: True", "PUT /config/color green"]
+    return result.stdout.splitlines()
+
+
+def test_quickstart_runs_as_pasted() -> None:
+    (code,) = _blocks("Quickstart")
+    assert len(code.strip().splitlines()) <= 22
+    assert _run(code) == ["blue", "leader: True", "PUT /config/color green"]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_recipe_examples_run_as_pasted(index: int) -> None:
+    code = _blocks("Recipes")[index]
+    output = _run(code)
+    expected = _expected(code)
+    assert expected, "each example promises its output in comments"
+    assert output[: len(expected)] == expected
