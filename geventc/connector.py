@@ -87,6 +87,7 @@ class Connector:
         self.hub = WatchHub(self, self.group)
         self._recipes: list[Recipe[Any]] = []
         self._closed = False
+        self.closing = False
 
     def __repr__(self) -> str:
         return f"Connector({self.client.endpoints}, namespace={self.namespace.name!r})"
@@ -107,6 +108,7 @@ class Connector:
         if self._closed:
             return
         self._closed = True
+        self.closing = True  # keys on shared leases go with the leases' revocation
         for recipe in list(self._recipes):
             recipe.stop()
         self.hub.close()

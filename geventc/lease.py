@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 import gevent
+from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 
 from . import validate
@@ -178,19 +179,26 @@ class LeaseKeeper:
         self._client = client
         self._group = group
         self._shared: dict[int, KeptLease] = {}
+        self._granting: dict[int, BoundedSemaphore] = {}
 
     def acquire(self, ttl: int, listener: LeaseListener, *, shared: bool = True) -> KeptLease:
         """A live lease of ``ttl`` seconds with ``listener`` registered as a holder;
         granted now if needed (raises the grant's error)."""
         ttl = validate.ttl(ttl)
-        lease = self._shared.get(ttl) if shared else None
-        if lease is None or lease.state is LeaseState.CLOSED:
-            lease = KeptLease(self._client, ttl, self._group, shared=shared)
+        if not shared:
+            lease = KeptLease(self._client, ttl, self._group, shared=False)
             lease.grant()
-            if shared:
-                self._shared[ttl] = lease
-        lease.add(listener)
-        return lease
+            lease.add(listener)
+            return lease
+        # one grant per TTL even when many greenlets ask at once
+        with self._granting.setdefault(ttl, BoundedSemaphore()):
+            kept = self._shared.get(ttl)
+            if kept is None or kept.state is LeaseState.CLOSED:
+                kept = KeptLease(self._client, ttl, self._group, shared=True)
+                kept.grant()
+                self._shared[ttl] = kept
+            kept.add(listener)
+        return kept
 
     def release(self, lease: KeptLease, listener: LeaseListener) -> None:
         """Drop a holder; the last holder's release revokes the lease."""

@@ -69,6 +69,7 @@ class PrefixWatch:
         self.prefix = prefix
         self.revision = 0
         self.synced = False
+        self._failing = False
         self._source = source
         self._state: dict[bytes, KeyValue] = {}
         self._listeners: list[Listener] = []
@@ -130,6 +131,7 @@ class PrefixWatch:
                 need_read = True
             except EtcdError as exc:
                 log.warning("watch on %r failed (%s); retrying", self.prefix, exc)
+                self._failing = True
                 self._publish(PrefixUpdate((), self.state, self.revision, error=exc))
                 gevent.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
@@ -154,12 +156,16 @@ class PrefixWatch:
         self._state = fresh
         self.revision = result.header.revision
         self.synced = True
+        self._failing = False
         self._publish(PrefixUpdate(tuple(events), self.state, self.revision, resynced=True))
 
     def _follow(self) -> None:
         self._stream = self._source.watch(
             self.prefix, prefix=True, start_revision=self.revision + 1, prev_kv=True
         )
+        if self._failing:  # tell listeners the problem they were told of is over
+            self._failing = False
+            self._publish(PrefixUpdate((), self.state, self.revision))
         for response in self._stream:
             for event in response.events:
                 if event.type is EventType.DELETE:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..connector import Connector
 
 E = TypeVar("E")
+R = TypeVar("R", bound="Recipe[Any]")
 log = logging.getLogger("geventc")
 
 #: How long ``stop()`` may take, even when etcd is unreachable.
@@ -91,7 +92,8 @@ class Recipe(Generic[E]):
             self._channel.close()
         self._conn.unregister(self)
 
-    def __enter__(self: Any) -> Any:
+    def __enter__(self: R) -> R:
+        """Start (with default arguments, if not started yet) and return the recipe."""
         if not self._running:
             self.start()
         return self

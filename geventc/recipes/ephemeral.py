@@ -173,7 +173,7 @@ class EphemeralKey(Recipe[EphemeralEvent]):
         if lease is None:
             return
         try:
-            if self._held:
+            if self._held and not self._conn.closing:  # closing revokes the whole lease
                 self._conn.txn([Compare.lease(self.key) == lease.id], [Op.delete(self.key)])
         finally:
             self._held = False

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..channel import Channel
 from ..errors import EtcdError
 from ..watch import PrefixUpdate
+from ..wire import EventType
 from .base import Recipe, RecipeError
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class ServiceSnapshot:
     """Every instance under the tracked path: name (key relative to the path) ->
-    value, as of ``revision``; ``error`` reports a problem the tracker is riding out."""
+    value, as of ``revision``; ``error`` reports a problem the tracker is riding out
+    (the next snapshot without one says it is over)."""
 
     services: Mapping[str, str]
     revision: int
@@ -43,6 +45,7 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
         self.path = conn.namespace.strip(stored).rstrip(b"/") or b"/"
         self._prefix = self.path if self.path.endswith(b"/") else self.path + b"/"
         self._last: Mapping[str, str] | None = None
+        self._troubled = False  # the newest snapshot sent reports an error
 
     def __repr__(self) -> str:
         return f"ServiceTracker({self.path.decode()!r})"
@@ -61,17 +64,45 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
     def _on_change(self, update: PrefixUpdate) -> None:
         if not self._running:
             return
-        cut = len(self._prefix)
-        services = {
-            k[cut:].decode("utf-8", "replace"): kv.value_str for k, kv in update.state.items()
-        }
         if update.error is not None:
+            self._troubled = True
             self._emit(ServiceSnapshot(self.services, update.revision, update.error))
             return
-        if self._last is not None and services == self._last:
-            return  # e.g. a re-put of the same value
-        self._last = MappingProxyType(services)
-        self._emit(ServiceSnapshot(self._last, update.revision))
+        services = self._apply(update)
+        if services is not None:
+            self._last = MappingProxyType(services)
+        elif not self._troubled:
+            return  # no name or value changed, e.g. a re-put of the same value
+        self._troubled = False  # a snapshot without error tells the problem is over
+        self._emit(ServiceSnapshot(self.services, update.revision))
+
+    def _apply(self, update: PrefixUpdate) -> dict[str, str] | None:
+        """The services after ``update``, or None when they did not change. Watch
+        events are applied to a copy of the last services (the whole state is decoded
+        only on a resync), so a change costs each tracker a copy, not a decode of every
+        instance."""
+        cut = len(self._prefix)
+        last = self._last
+        if last is None or update.resynced:
+            fresh = {
+                k[cut:].decode("utf-8", "replace"): kv.value_str for k, kv in update.state.items()
+            }
+            return None if fresh == last else fresh
+        changes = {
+            event.kv.key[cut:].decode("utf-8", "replace"): (
+                None if event.type is EventType.DELETE else event.kv.value_str
+            )
+            for event in update.events
+        }
+        if all(last.get(name) == value for name, value in changes.items()):
+            return None
+        services = dict(last)
+        for name, value in changes.items():
+            if value is None:
+                services.pop(name, None)
+            else:
+                services[name] = value
+        return services
 
     def _release(self) -> None:
         self._conn.hub.unsubscribe(self._prefix, self._on_change)
