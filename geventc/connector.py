@@ -8,6 +8,7 @@ and one watch stream per watched prefix; ``close()`` stops all of it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,8 @@ def prepare_endpoint_list(hosts: Iterable[str], port: int, scheme: str = "http")
             raise InvalidArgument(f"host {host!r} must be a non-empty host name or address")
         name = host.strip()
         if ":" in name and not name.startswith("["):
+            if not _is_ipv6(name):
+                raise InvalidArgument(f"host {host!r} must not carry a port; pass port=")
             name = f"[{name}]"
         endpoints.append(parse_endpoint(f"{scheme.lower()}://{name}:{port}"))
     if not endpoints:
@@ -68,9 +71,17 @@ def prepare_endpoint_list(hosts: Iterable[str], port: int, scheme: str = "http")
     return endpoints
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
 def connect(endpoints: Any, namespace: str | None = None, **client_options: Any) -> Connector:
     """A :class:`Connector` to ``endpoints`` with keys under ``namespace``; the options
     are those of :class:`Client` (username, password, tls, timeout, ...)."""
+    Namespace(namespace)  # refuse a bad namespace before opening anything
     return Connector(Client(endpoints, **client_options), namespace)
 
 
@@ -221,12 +232,13 @@ class Connector:
     ) -> TxnResult:
         """:meth:`Client.txn` with every key of every comparison and op under the
         namespace."""
-        txn_body(compare, success, failure)  # validate before rewriting
+        compares, then, otherwise = _listed(compare), _listed(success), _listed(failure)
+        txn_body(compares, then, otherwise)  # validate before rewriting
         ns = self.namespace
         result = self.client.txn(
-            [ns.comparison(c) for c in compare],
-            [ns.op(op) for op in success],
-            [ns.op(op) for op in failure],
+            [ns.comparison(c) for c in compares],
+            [ns.op(op) for op in then],
+            [ns.op(op) for op in otherwise],
         )
         return ns.result(result)
 
@@ -297,3 +309,11 @@ class Connector:
     def version(self, endpoint: str | None = None) -> Version:
         """:meth:`Client.version`."""
         return self.client.version(endpoint)
+
+
+def _listed(items: Any) -> Any:
+    """A list of a txn argument's items (iterators are read once); strings and other
+    non-iterables pass through for :func:`txn_body` to refuse."""
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        return items
+    return list(items)

@@ -25,7 +25,13 @@ def parse_endpoint(text: Any) -> str:
         raise InvalidArgument("an endpoint must not be empty")
     if "://" not in raw:
         raw = "http://" + raw
-    parts = urlsplit(raw)
+    if any(c.isspace() for c in raw):
+        raise InvalidArgument(f"endpoint {text!r} must not contain white space")
+    try:
+        parts = urlsplit(raw)
+        parts.hostname  # noqa: B018 - parsing the host validates brackets
+    except ValueError as exc:
+        raise InvalidArgument(f"endpoint {text!r} is not a valid URL: {exc}") from None
     if parts.scheme not in SCHEMES:
         raise InvalidArgument(
             f"endpoint {text!r} has scheme {parts.scheme!r}; allowed are http and https"

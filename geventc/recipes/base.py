@@ -60,8 +60,9 @@ class Recipe(Generic[E]):
             raise RecipeStateError(
                 f"{type(self).__name__} was already started; make a new one to start again"
             )
+        channel: Channel[E | RecipeError] = Channel(maxsize, latest_only=latest_only)
         self._conn.register(self)
-        self._channel = Channel(maxsize, latest_only=latest_only)
+        self._channel = channel
         self._running = True
 
     def stop(self) -> None:

@@ -2,9 +2,12 @@
 
 Every ``interval`` seconds it lists the members (``/v3/cluster/member/list``, so members
 not in the configured endpoints count too) and asks each one, concurrently, for its
-``/health`` and status. The cluster is ``HEALTHY`` when every member is, ``DEGRADED``
-while a quorum is, ``UNHEALTHY`` otherwise or when nothing answers. The first result is
-emitted, then only changes; with ``once=True`` one result and the channel closes.
+``/health`` and status. When the list cannot be had (say the one configured endpoint is
+down) it checks the members of the last list it got; a member that was added but has
+not started yet (no client URL) counts as unhealthy. The cluster is ``HEALTHY`` when
+every member is, ``DEGRADED`` while a quorum is, ``UNHEALTHY`` otherwise or when
+nothing answers. The first result is emitted, then only changes; with ``once=True`` one
+result and the channel closes.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class HealthMonitor(Recipe[ClusterHealth]):
     def __init__(self, conn: Connector) -> None:
         super().__init__(conn)
         self._last: ClusterHealth | None = None
+        self._members: list[tuple[str, str]] = []  # (name, endpoint) from the last list
 
     def __repr__(self) -> str:
         return f"HealthMonitor({self._conn.client.endpoints})"
@@ -78,11 +82,7 @@ class HealthMonitor(Recipe[ClusterHealth]):
         """Check the cluster now (in the calling greenlet)."""
         timeout = min(self._conn.client.transport.timeout, 3.0)
         try:
-            members = [
-                (m.name or f"{m.id:x}", m.client_urls[0])
-                for m in self._conn.members()
-                if m.client_urls
-            ]
+            members = self._list_members(timeout)
         except EtcdError as exc:
             down = tuple(
                 MemberHealth(e, e, False, error=str(exc)) for e in self._conn.client.endpoints
@@ -100,7 +100,24 @@ class HealthMonitor(Recipe[ClusterHealth]):
             status = ClusterStatus.UNHEALTHY
         return ClusterHealth(status, results)
 
+    def _list_members(self, timeout: float) -> list[tuple[str, str]]:
+        """``(name, endpoint)`` of every member (endpoint "" when it has not started);
+        the last list when etcd cannot give one within ``timeout`` seconds."""
+        try:
+            with gevent.Timeout(timeout, Timeout(f"no member list within {timeout}s")):
+                listed = self._conn.members()
+        except EtcdError:
+            if not self._members:
+                raise
+            return self._members
+        self._members = [
+            (m.name or f"{m.id:x}", m.client_urls[0] if m.client_urls else "") for m in listed
+        ]
+        return self._members
+
     def _member(self, name: str, endpoint: str, timeout: float) -> MemberHealth:
+        if not endpoint:
+            return MemberHealth(name, endpoint, False, error="the member has not started yet")
         client = self._conn.client
         try:
             with gevent.Timeout(

@@ -1,8 +1,10 @@
 """Observer: every change of a key (or of every key under it), in order, exactly once.
 
-Events start at ``start_revision`` (0: from now). The observer survives endpoint
-failover and server restarts by resuming at the revision after the last event it
-delivered. When the history it needs was compacted it sends a fatal
+Events start at ``start_revision``; 0 means from now: every change committed after
+``start()`` returns (``start()`` waits, at most the client's timeout, until the watch is
+established; a failure to establish it is reported on the channel). The observer
+survives endpoint failover and server restarts by resuming at the revision after the
+last event it delivered. When the history it needs was compacted it sends a fatal
 :class:`RecipeError` carrying :class:`Compacted` and stops: it never skips silently.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import gevent
+from gevent.event import Event
 
 from .. import validate
 from ..channel import Channel
@@ -47,6 +50,7 @@ class Observer(Recipe[WatchEvent]):
         super().__init__(conn)
         self.path = conn.namespace.strip(conn.namespace.key(path, "path"))
         self.next_revision = 0
+        self._established = Event()  # set after the first watch attempt, good or bad
 
     def __repr__(self) -> str:
         return f"Observer({self.path.decode()!r})"
@@ -56,13 +60,22 @@ class Observer(Recipe[WatchEvent]):
     ) -> Channel[WatchEvent | RecipeError]:
         """Start delivering changes from ``start_revision`` (0: from now); with
         ``recursive`` every key under the path. ``maxsize`` bounds the channel."""
-        self.next_revision = validate.revision(start_revision, "start_revision")
+        first = validate.revision(start_revision, "start_revision")
         recursive = validate.boolean(recursive, "recursive")
-        self._begin(maxsize=maxsize)
+        self._begin(maxsize=maxsize)  # a second start() raises here and changes nothing
+        self.next_revision = first
         self._spawn(self._observe, recursive)
+        if not self.next_revision:  # "now" is when the watch exists: no change is missed
+            self._established.wait(self._conn.client.transport.timeout)
         return self.channel
 
     def _observe(self, recursive: bool) -> None:
+        try:
+            self._follow(recursive)
+        finally:
+            self._established.set()
+
+    def _follow(self, recursive: bool) -> None:
         backoff = 0.05
         while self._running:
             try:
@@ -73,6 +86,7 @@ class Observer(Recipe[WatchEvent]):
                     prev_kv=True,
                 )
                 self.next_revision = stream.start_revision
+                self._established.set()
                 try:
                     for response in stream:
                         for event in response.events:
@@ -93,6 +107,7 @@ class Observer(Recipe[WatchEvent]):
                 return
             except EtcdError as exc:
                 self._report(exc)
+                self._established.set()
                 gevent.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
 
