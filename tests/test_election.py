@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
+from helpers.channels import next_of
 
 import geventc
 from geventc import ElectionEvent, ElectionStatus, LeaderElector, Op, RecipeError
@@ -24,11 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def next_status(elector: LeaderElector, timeout: float = 10.0) -> ElectionEvent:
     """The elector's next ElectionEvent (skipping RecipeError reports)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        event = elector.channel.get(timeout=max(0.01, deadline - time.monotonic()))
-        if isinstance(event, ElectionEvent):
-            return event
+    return next_of(elector.channel, ElectionEvent, timeout)
 
 
 def wait_for(

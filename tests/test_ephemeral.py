@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from helpers.channels import next_of
 
 import geventc
 from geventc import EphemeralEvent, EphemeralKey, EphemeralStatus
@@ -15,11 +16,8 @@ from geventc.testing.plugin import EtcdTestContext
 
 
 def next_event(key: EphemeralKey, timeout: float = 10.0) -> EphemeralEvent:
-    deadline = time.monotonic() + timeout
-    while True:
-        event = key.channel.get(timeout=max(0.01, deadline - time.monotonic()))
-        if isinstance(event, EphemeralEvent):
-            return event
+    """The key's next EphemeralEvent (skipping RecipeError reports)."""
+    return next_of(key.channel, EphemeralEvent, timeout)
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any, TypeVar
 
 import pytest
+from helpers.channels import next_of
 
 import geventc
 from geventc import (
@@ -21,18 +21,6 @@ from geventc.testing.plugin import EtcdTestContext
 pytestmark = pytest.mark.cluster
 
 
-T = TypeVar("T")
-
-
-def _next(channel: geventc.Channel[Any], kind: type[T], timeout: float = 10.0) -> T:
-    """The next event of ``kind`` on ``channel`` (other events are skipped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        event = channel.get(timeout=max(0.01, deadline - time.monotonic()))
-        if isinstance(event, kind):
-            return event
-
-
 def test_all_recipes_ride_out_a_member_kill(etcd_cluster: EtcdTestContext) -> None:
     cluster = etcd_cluster.cluster
     used = cluster.followers()[0]
@@ -43,29 +31,29 @@ def test_all_recipes_ride_out_a_member_kill(etcd_cluster: EtcdTestContext) -> No
         key.create("10.0.0.1:80", ttl=5)
         elector = conn.leader_elector("/leader", "me", ttl=5)
         elected = elector.start()
-        assert _next(elected, ElectionEvent).status is ElectionStatus.LEADER
+        assert next_of(elected, ElectionEvent).status is ElectionStatus.LEADER
         tracker = conn.service_tracker("/svc/api")
         snapshots = tracker.start()
-        assert dict(_next(snapshots, ServiceSnapshot).services) == {"i1": "10.0.0.1:80"}
+        assert dict(next_of(snapshots, ServiceSnapshot).services) == {"i1": "10.0.0.1:80"}
         observer = conn.observer("/config")
         changes = observer.start()
         monitor = conn.health_monitor()
         health = monitor.start(interval=0.5)
-        assert _next(health, ClusterHealth).status is ClusterStatus.HEALTHY
+        assert next_of(health, ClusterHealth).status is ClusterStatus.HEALTHY
 
         cluster.kill(used)
 
         conn.put("/config", "after-kill")
-        event = _next(changes, WatchEvent)
+        event = next_of(changes, WatchEvent)
         assert event.value == b"after-kill"
         conn.ephemeral_key("/svc/api/i2").create("10.0.0.2:80", ttl=5)
         deadline = time.monotonic() + 10
         while True:
-            snapshot = _next(snapshots, ServiceSnapshot)
+            snapshot = next_of(snapshots, ServiceSnapshot)
             if len(snapshot.services) == 2:
                 break
             assert time.monotonic() < deadline
-        assert _next(health, ClusterHealth, timeout=15).status is ClusterStatus.DEGRADED
+        assert next_of(health, ClusterHealth, timeout=15).status is ClusterStatus.DEGRADED
         assert conn.get("/svc/api/i1") is not None
         assert elector.leader() == "me"  # the follower's death does not move leadership
         assert elector.is_leader
