@@ -9,6 +9,7 @@ from .channel import Channel
 from .client import Client
 from .connector import Connector, connect, prepare_endpoint_list
 from .errors import EtcdError, InvalidArgument
+from .instances import Instance
 from .lease import LeaseState
 from .recipes.base import RecipeError
 from .recipes.election import ElectionEvent, ElectionStatus, LeaderElector
@@ -16,6 +17,9 @@ from .recipes.ephemeral import EphemeralEvent, EphemeralKey, EphemeralStatus
 from .recipes.health import ClusterHealth, ClusterStatus, HealthMonitor, MemberHealth
 from .recipes.observer import Observer, WatchEvent
 from .recipes.tracker import ServiceSnapshot, ServiceTracker
+from .registry import Registry
+from .resolver import Resolver, ServiceInstances
+from .retry import RetryPolicy
 from .transport import TLSConfig
 from .txn import Compare, Comparison, Op, TxnOp
 from .watchstream import WatchStream
@@ -59,6 +63,7 @@ __all__ = [
     "Header",
     "Health",
     "HealthMonitor",
+    "Instance",
     "InvalidArgument",
     "KeyValue",
     "LeaderElector",
@@ -72,6 +77,10 @@ __all__ = [
     "PutResult",
     "RangeResult",
     "RecipeError",
+    "Registry",
+    "Resolver",
+    "RetryPolicy",
+    "ServiceInstances",
     "ServiceSnapshot",
     "ServiceTracker",
     "Status",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from gevent.pool import Group
@@ -40,6 +40,7 @@ from .wire import (
 
 if TYPE_CHECKING:
     from .recipes.base import Recipe
+    from .recipes.config import ConfigWatcher
     from .recipes.election import LeaderElector
     from .recipes.ephemeral import EphemeralKey
     from .recipes.health import HealthMonitor
@@ -184,6 +185,13 @@ class Connector:
         from .recipes.health import HealthMonitor
 
         return HealthMonitor(self)
+
+    def config(self, prefix: str, *, decode: Callable[[bytes], Any] | None = None) -> ConfigWatcher:
+        """The configuration under ``prefix`` as a live read-only mapping of relative
+        names to values (``decode``d, UTF-8 text by default), with its changes."""
+        from .recipes.config import ConfigWatcher
+
+        return ConfigWatcher(self, prefix, decode=decode)
 
     def txn_guard(self, elector: LeaderElector) -> Comparison:
         """The comparison that lets a txn succeed only while ``elector`` leads."""

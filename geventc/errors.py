@@ -130,3 +130,11 @@ class ChannelClosed(EtcdError):
 
 class RecipeStateError(EtcdError, RuntimeError):
     """A recipe call does not fit the recipe's state (started twice, used after stop)."""
+
+
+class RetriesExhausted(EtcdError):
+    """A recipe gave up restoring something after its retry policy's attempts."""
+
+
+class NoInstances(EtcdError):
+    """A service has no registered instance."""

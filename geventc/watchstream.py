@@ -50,6 +50,7 @@ class WatchStream:
         self._buffer = b""
         self._cancelled = False
         self._reading = False
+        self._seen_revision = 0
         self.start_revision = start_revision
         self.created_revision = 0
         #: applied to every batch before it is yielded (a connector strips its namespace)
@@ -135,6 +136,15 @@ class WatchStream:
             self._check_cancel(created)
             if created.created:
                 break
+        if created.header.revision < self._seen_revision:
+            raise errors.Compacted(
+                f"etcd's revision went back from {self._seen_revision} to "
+                f"{created.header.revision} (its data was lost or replaced): the history "
+                "this watch needs is gone",
+                compact_revision=created.header.revision,
+                endpoint=endpoint,
+            )
+        self._seen_revision = max(self._seen_revision, created.header.revision)
         if not self.created_revision:
             self.created_revision = created.header.revision
         if not self.start_revision:
@@ -154,6 +164,7 @@ class WatchStream:
     def _accept(self, message: Any) -> WatchResponse | None:
         response = self._decode(message)
         self._check_cancel(response)
+        self._seen_revision = max(self._seen_revision, response.header.revision)
         if response.created:
             return None
         fresh = tuple(e for e in response.events if e.kv.mod_revision >= self.start_revision)

@@ -42,6 +42,7 @@ class Recipe(Generic[E]):
         self._greenlets = Group()
         self._running = False
         self._stopped = False
+        self._owns_channel = True
 
     @property
     def running(self) -> bool:
@@ -55,14 +56,25 @@ class Recipe(Generic[E]):
             raise RecipeStateError(f"{type(self).__name__} was not started")
         return self._channel
 
-    def _begin(self, *, latest_only: bool = False, maxsize: int | None = None) -> None:
+    def _begin(
+        self,
+        *,
+        latest_only: bool = False,
+        maxsize: int | None = None,
+        channel: Channel[Any] | None = None,
+    ) -> None:
+        """Mark the recipe started with a new channel (or a shared one it does not
+        own and will not close)."""
         if self._running or self._stopped:
             raise RecipeStateError(
                 f"{type(self).__name__} was already started; make a new one to start again"
             )
-        channel: Channel[E | RecipeError] = Channel(maxsize, latest_only=latest_only)
+        self._owns_channel = channel is None
+        own: Channel[E | RecipeError] = (
+            channel if channel is not None else Channel(maxsize, latest_only=latest_only)
+        )
         self._conn.register(self)
-        self._channel = channel
+        self._channel = own
         self._running = True
 
     def stop(self) -> None:
@@ -78,7 +90,7 @@ class Recipe(Generic[E]):
                 self._release()
             except EtcdError as exc:
                 log.warning("%r could not release its hold on etcd: %s", self, exc)
-        if self._channel is not None:
+        if self._channel is not None and self._owns_channel:
             self._channel.close()
         self._conn.unregister(self)
 
@@ -89,7 +101,7 @@ class Recipe(Generic[E]):
         """End the recipe from one of its own greenlets (after a fatal error)."""
         self._running = False
         self._stopped = True
-        if self._channel is not None:
+        if self._channel is not None and self._owns_channel:
             self._channel.close()
         self._conn.unregister(self)
 

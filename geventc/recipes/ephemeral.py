@@ -15,10 +15,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import gevent
+
 from .. import validate
 from ..channel import Channel
-from ..errors import EtcdError, KeyExists, RecipeStateError
+from ..errors import EtcdError, InvalidArgument, KeyExists, RecipeStateError, RetriesExhausted
 from ..lease import KeptLease, LeaseState
+from ..retry import RetryPolicy
 from ..txn import Compare, Op
 from ..watch import PrefixUpdate
 from ..wire import RangeResult
@@ -55,9 +58,20 @@ def parent_prefix(key: bytes) -> bytes:
 class EphemeralKey(Recipe[EphemeralEvent]):
     """A key kept alive by a shared lease; see the module docstring."""
 
-    def __init__(self, conn: Connector, path: str) -> None:
+    def __init__(
+        self,
+        conn: Connector,
+        path: str,
+        *,
+        overwrite: bool = False,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         super().__init__(conn)
         self.key = conn.namespace.strip(conn.namespace.key(path, "path"))
+        self.overwrite = validate.boolean(overwrite, "overwrite")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgument("retry must be a geventc.RetryPolicy or None")
+        self.retry = retry
         self._value = b""
         self._lease: KeptLease | None = None
         self._held = False
@@ -75,12 +89,20 @@ class EphemeralKey(Recipe[EphemeralEvent]):
         """Ephemeral keys start with :meth:`create`."""
         raise RecipeStateError("an EphemeralKey starts with create(value, ttl)")
 
-    def create(self, value: str | bytes, ttl: int = 10) -> Channel[EphemeralEvent | RecipeError]:
+    def create(
+        self,
+        value: str | bytes,
+        ttl: int = 10,
+        *,
+        channel: Channel[EphemeralEvent | RecipeError] | None = None,
+    ) -> Channel[EphemeralEvent | RecipeError]:
         """Create the key with ``value`` under a lease of ``ttl`` seconds; when this
-        returns the key exists. Raises :class:`KeyExists` if another holder has it."""
+        returns the key exists. Raises :class:`KeyExists` if another holder has it
+        (unless the key was made with ``overwrite=True``). Events go to ``channel``
+        when given (shared by several keys, left open by this key's stop)."""
         data = validate.value(value)
         ttl = validate.ttl(ttl)
-        self._begin()
+        self._begin(channel=channel)
         try:
             self._lease = self._conn.lease_keeper.acquire(ttl, self._on_lease)
             self._value = data
@@ -115,6 +137,10 @@ class EphemeralKey(Recipe[EphemeralEvent]):
         """Create the key if absent (or already ours); True when we hold it."""
         lease = self._lease
         assert lease is not None
+        if self.overwrite:
+            put = self._conn.put(self.key, self._value, lease=lease.id)
+            self._claimed_at, self._held = put.header.revision, True
+            return True
         result = self._conn.txn(
             [Compare.create_revision(self.key) == 0],
             [Op.put(self.key, self._value, lease=lease.id)],
@@ -133,13 +159,31 @@ class EphemeralKey(Recipe[EphemeralEvent]):
         if self._reclaiming or self._held:
             return
         self._reclaiming = True
+        failures = 0
+        backoff = self.retry.backoff() if self.retry else None
         try:
-            if self._claim():
-                self._emit(EphemeralEvent(EphemeralStatus.RESTORED, self.key.decode(), why))
-            else:
-                self._report(KeyExists(f"{self.key.decode()!r} was taken by someone else"))
-        except EtcdError as exc:
-            self._report(exc)
+            while self._running and not self._held:
+                try:
+                    if self._claim():
+                        self._emit(EphemeralEvent(EphemeralStatus.RESTORED, self.key.decode(), why))
+                    else:
+                        self._report(KeyExists(f"{self.key.decode()!r} was taken by someone else"))
+                    return
+                except EtcdError as exc:
+                    failures += 1
+                    self._report(exc)
+                    if backoff is None or self.retry is None:
+                        return
+                    if self.retry.gives_up_after(failures):
+                        self._report(
+                            RetriesExhausted(
+                                f"gave up restoring {self.key.decode()!r} after {failures} "
+                                f"consecutive failures: {exc.message}"
+                            ),
+                            fatal=True,
+                        )
+                        return
+                    gevent.sleep(backoff.next())
         finally:
             self._reclaiming = False
 

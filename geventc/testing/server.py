@@ -303,11 +303,16 @@ class EtcdCluster:
         member.kill()
         return member
 
-    def restart(self, which: EtcdMember | int, *, wait: bool = True) -> EtcdMember:
-        """Restart a member with its data (killing it first if it runs)."""
+    def restart(
+        self, which: EtcdMember | int, *, wait: bool = True, wipe: bool = False
+    ) -> EtcdMember:
+        """Restart a member with its data (killing it first if it runs); ``wipe``
+        deletes its data first (a single server then starts as a brand-new cluster)."""
         member = self.member(which)
         member.kill()
-        member.start("existing")
+        if wipe:
+            shutil.rmtree(member.data_dir, ignore_errors=True)
+        member.start("new" if wipe else "existing")
         if wait:
             self.wait_healthy([member])
         return member

@@ -1,0 +1,136 @@
+"""Registry: service instances registered in etcd, wire-compatible with Kitex.
+
+Each registered instance is an ephemeral key ``{prefix}/{service}/{address}`` on the
+connector's shared lease for the registry's TTL (all instances with one TTL cost one
+keep-alive request per TTL/3). A lost registration (lease expired, key deleted, server
+restarted, even with an empty data directory) is seen at once by the watch on the
+service's keys and re-registered under the :class:`RetryPolicy`; giving up is reported
+on :meth:`Registry.events` and in the log. One registry holds any number of instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from . import validate
+from .channel import Channel
+from .errors import InvalidArgument
+from .instances import FORMATS, Instance, encode
+from .recipes.base import RecipeError
+from .recipes.ephemeral import EphemeralEvent, EphemeralKey
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .connector import Connector
+
+log = logging.getLogger("geventc")
+
+DEFAULT_PREFIX = "kitex/registry-etcd"
+DEFAULT_TTL = 60
+ENV_TTL = "KITEX_ETCD_REGISTRY_LEASE_TTL"
+
+
+def check_prefix(prefix: object) -> str:
+    """A registry prefix: a non-empty str, used without a trailing '/'."""
+    if not isinstance(prefix, str) or not prefix.strip("/"):
+        raise InvalidArgument("prefix must be a non-empty str such as 'kitex/registry-etcd'")
+    return prefix.rstrip("/")
+
+
+def check_format(fmt: object) -> str:
+    """One of the supported value formats."""
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return str(fmt)
+
+
+def _ttl_from_env(ttl: int | None) -> int:
+    if ttl is not None:
+        return validate.ttl(ttl)
+    text = os.environ.get(ENV_TTL)
+    if text is None:
+        return DEFAULT_TTL
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidArgument(f"{ENV_TTL}={text!r} must be a positive number of seconds")
+    return int(text)
+
+
+class Registry:
+    """Registers service instances; see the module docstring.
+
+    ``ttl`` defaults to ``$KITEX_ETCD_REGISTRY_LEASE_TTL`` or 60 s; ``format`` is
+    ``kitex`` or ``etcd-endpoints``."""
+
+    def __init__(
+        self,
+        conn: Connector,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int | None = None,
+        retry: RetryPolicy | None = None,
+        format: str = "kitex",
+    ) -> None:
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgument("retry must be a geventc.RetryPolicy or None")
+        self.prefix = check_prefix(prefix)
+        self.ttl = _ttl_from_env(ttl)
+        self.retry = retry or RetryPolicy()
+        self.format = check_format(format)
+        self._conn = conn
+        self._keys: dict[str, tuple[Instance, EphemeralKey]] = {}
+        self._events: Channel[EphemeralEvent | RecipeError] = Channel()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.prefix!r}, instances={len(self._keys)})"
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def key_of(self, instance: Instance) -> str:
+        """The etcd key of ``instance``."""
+        return f"{self.prefix}/{instance.service}/{instance.address}"
+
+    def register(self, instance: Instance) -> Instance:
+        """Register ``instance`` (host and port as Kitex resolves them) and keep it
+        registered; returns the instance as registered. Registering the same address
+        again replaces its value."""
+        if not isinstance(instance, Instance):
+            raise InvalidArgument("register() takes a geventc.Instance")
+        registered = instance.for_registration()
+        key = self.key_of(registered)
+        if key in self._keys:
+            self.deregister(registered)
+        ephemeral = EphemeralKey(self._conn, key, overwrite=True, retry=self.retry)
+        ephemeral.create(encode(registered, self.format), self.ttl, channel=self._events)
+        self._keys[key] = (registered, ephemeral)
+        log.info("registered %s at %s", registered.service, registered.address)
+        return registered
+
+    def deregister(self, instance: Instance) -> None:
+        """Delete the instance's key and release its share of the lease."""
+        if not isinstance(instance, Instance):
+            raise InvalidArgument("deregister() takes a geventc.Instance")
+        key = self.key_of(instance.for_registration())
+        entry = self._keys.pop(key, None)
+        if entry is not None:
+            entry[1].delete()
+
+    def instances(self) -> list[Instance]:
+        """The instances this registry keeps registered."""
+        return [instance for instance, _ in self._keys.values()]
+
+    def events(self) -> Channel[EphemeralEvent | RecipeError]:
+        """Losses and restorations of registrations, and problems (a fatal
+        :class:`RecipeError` with :class:`RetriesExhausted` when retries give up)."""
+        return self._events
+
+    def close(self) -> None:
+        """Deregister every instance and close the events channel."""
+        for instance in self.instances():
+            self.deregister(instance)
+        self._events.close()
