@@ -1,0 +1,298 @@
+"""Registry and Resolver against a real etcd: Kitex wire format, losses, retries."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+from helpers.channels import next_of
+
+import geventc
+from geventc import (
+    EphemeralEvent,
+    EphemeralStatus,
+    Instance,
+    RecipeError,
+    Registry,
+    Resolver,
+    RetryPolicy,
+)
+from geventc.errors import InvalidArgument, NoInstances, RetriesExhausted
+from geventc.instances import decode, encode
+from geventc.testing import ROOT_PASSWORD, EtcdServer
+from geventc.testing.plugin import EtcdTestContext
+
+# --- the wire format, byte for byte ----------------------------------------------------
+
+
+def test_kitex_golden_bytes() -> None:
+    echo = Instance("echo", "127.0.0.1:8888", weight=66, tags={"hello": "world"})
+    assert (
+        encode(echo)
+        == b'{"network":"tcp","address":"127.0.0.1:8888","weight":66,"tags":{"hello":"world"}}'
+    )
+    plain = Instance("echo", "[::1]:80")
+    assert encode(plain) == b'{"network":"tcp","address":"[::1]:80","weight":10,"tags":{}}'
+    tricky = Instance("s", "h:1", tags={"z": "<&>", "a": "é\n\x01", "m": '"\\'})
+    # Go sorts map keys, HTML-escapes <, > and &, keeps UTF-8, writes \u0001
+    assert encode(tricky) == (
+        b'{"network":"tcp","address":"h:1","weight":10,"tags":'
+        b'{"a":"\xc3\xa9\\n\\u0001","m":"\\"\\\\","z":"\\u003c\\u0026\\u003e"}}'
+    )
+    assert decode("s", encode(tricky)) == tricky
+
+
+def test_etcd_endpoints_golden_bytes() -> None:
+    instance = Instance("svc", "10.0.0.1:50051", weight=5, tags={"zone": "a"})
+    value = encode(instance, "etcd-endpoints")
+    assert value == (
+        b'{"Addr":"10.0.0.1:50051","Metadata":{"network":"tcp","weight":5,"tags":{"zone":"a"}}}'
+    )
+    assert decode("svc", value, "etcd-endpoints") == instance
+    # what Go's endpoints.Manager writes with no metadata
+    minimal = decode("svc", b'{"Addr":"10.0.0.2:50051","Metadata":null}', "etcd-endpoints")
+    assert minimal.address == "10.0.0.2:50051" and minimal.weight == 10
+
+
+@pytest.mark.parametrize(
+    ("service", "address", "message"),
+    [
+        ("", "h:1", "service"),
+        ("a/b", "h:1", "service"),
+        ("s", "h", "host:port"),
+        ("s", "h:0", "host:port"),
+        ("s", "h:70000", "host:port"),
+        ("s", "::1:80", "brackets"),
+        ("s", "[zz]:80", "IPv6"),
+        ("s", 80, "address"),
+    ],
+)
+def test_instance_validation(service: str, address: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        Instance(service, address)
+
+
+def test_unspecified_host_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for unspecified in ("0.0.0.0:80", ":80", "[::]:80"):
+        host = Instance("s", unspecified).for_registration().host
+        assert host not in ("", "0.0.0.0", "::") and not host.startswith("127.")
+    monkeypatch.setenv("KITEX_IP_TO_REGISTRY", "10.9.8.7")
+    monkeypatch.setenv("KITEX_PORT_TO_REGISTRY", "9999")
+    assert Instance("s", "0.0.0.0:80").for_registration().address == "10.9.8.7:9999"
+
+
+# --- against a real etcd ------------------------------------------------------------------
+
+
+@pytest.fixture
+def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
+        yield connector
+
+
+def test_register_resolve_deregister(conn: geventc.Connector) -> None:
+    registry = Registry(conn, ttl=5)
+    resolver = Resolver(conn)
+    echo = registry.register(Instance("echo", "127.0.0.1:8888", weight=66, tags={"hello": "world"}))
+    kv = conn.get("kitex/registry-etcd/echo/127.0.0.1:8888")
+    assert kv is not None and kv.value == encode(echo) and kv.lease
+    assert conn.time_to_live(kv.lease).granted_ttl == 5
+    assert resolver.resolve("echo") == [echo]
+    registry.deregister(echo)
+    assert conn.get("kitex/registry-etcd/echo/127.0.0.1:8888") is None
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            resolver.resolve("echo")
+        except NoInstances:
+            break
+        assert time.monotonic() < deadline, "the resolver kept a stale list"
+        gevent.sleep(0.01)
+    with pytest.raises(NoInstances):
+        resolver.resolve("unknown")
+    registry.close()
+    resolver.close()
+
+
+def test_one_registry_many_instances_one_lease(conn: geventc.Connector) -> None:
+    with Registry(conn, ttl=7) as registry:
+        for service in ("a", "b", "c"):
+            for port in range(8000, 8010):
+                registry.register(Instance(service, f"127.0.0.1:{port}"))
+        assert len(registry.instances()) == 30
+        assert [lease.holders for lease in conn.lease_keeper.leases()] == [30]
+        resolver = Resolver(conn)
+        assert {len(resolver.resolve(s)) for s in ("a", "b", "c")} == {10}
+        registry.deregister(Instance("a", "127.0.0.1:8000"))
+        assert conn.get("kitex/registry-etcd/b/127.0.0.1:8000") is not None
+    assert conn.get_prefix("kitex/registry-etcd/").kvs == ()  # close() deregistered all
+
+
+def test_resolver_weights_malformed_values_and_watch(conn: geventc.Connector) -> None:
+    conn.put("kitex/registry-etcd/w/h:1", encode(Instance("w", "h:1", weight=-1)))
+    conn.put("kitex/registry-etcd/w/h:2", b"{not json")
+    conn.put("kitex/registry-etcd/w/h:3", encode(Instance("w", "h:3", weight=0)))
+    resolver = Resolver(conn, default_weight=25)
+    assert [(i.address, i.weight) for i in resolver.resolve("w")] == [("h:1", 25), ("h:3", 25)]
+    snapshots = resolver.watch("w")
+    assert len(snapshots.get(timeout=2).instances) == 2
+    conn.delete_prefix("kitex/registry-etcd/w/")
+    assert snapshots.get(timeout=2).instances == ()  # empty, not a stale list
+    resolver.close()
+
+
+def test_change_visible_through_resolve_within_100ms(conn: geventc.Connector) -> None:
+    resolver = Resolver(conn)
+    with Registry(conn, ttl=5) as registry:
+        registry.register(Instance("fast", "127.0.0.1:1"))
+        resolver.resolve("fast")
+        worst = 0.0
+        for port in range(2, 12):
+            registry.register(Instance("fast", f"127.0.0.1:{port}"))
+            started = time.monotonic()
+            while len(resolver.resolve("fast")) < port:
+                assert time.monotonic() - started < 1.0
+                gevent.sleep(0.001)
+            worst = max(worst, time.monotonic() - started)
+    assert worst < 0.1, f"slowest change took {worst * 1000:.1f} ms"
+
+
+def test_pick_by_smooth_weighted_round_robin_and_random(conn: geventc.Connector) -> None:
+    with Registry(conn, ttl=5) as registry:
+        registry.register(Instance("p", "h:1", weight=3))
+        registry.register(Instance("p", "h:2", weight=1))
+        resolver = Resolver(conn)
+        picks = [resolver.pick("p").address for _ in range(400)]
+        assert collections.Counter(picks) == {"h:1": 300, "h:2": 100}
+        assert picks[:4].count("h:2") == 1  # interleaved, not bunched
+        chance = Resolver(conn, strategy="random")
+        counts = collections.Counter(chance.pick("p").address for _ in range(2000))
+        assert 1300 < counts["h:1"] < 1700
+    with pytest.raises(InvalidArgument):
+        Resolver(conn, strategy="fastest")
+
+
+def test_registration_restored_after_lease_revoked(conn: geventc.Connector) -> None:
+    with Registry(conn, ttl=5) as registry:
+        registry.register(Instance("r", "127.0.0.1:1"))
+        lease = conn.get("kitex/registry-etcd/r/127.0.0.1:1").lease  # type: ignore[union-attr]
+        conn.revoke(lease)
+        assert next_of(registry.events(), EphemeralEvent).status is EphemeralStatus.LOST
+        assert next_of(registry.events(), EphemeralEvent).status is EphemeralStatus.RESTORED
+        kv = conn.get("kitex/registry-etcd/r/127.0.0.1:1")
+        assert kv is not None and kv.lease != lease
+
+
+def test_etcd_endpoints_format_round_trip(conn: geventc.Connector) -> None:
+    with Registry(conn, prefix="services", format="etcd-endpoints", ttl=5) as registry:
+        registry.register(Instance("grpc-svc", "10.0.0.1:50051", weight=3))
+        kv = conn.get("services/grpc-svc/10.0.0.1:50051")
+        assert kv is not None and kv.value.startswith(b'{"Addr":"10.0.0.1:50051"')
+        conn.put(
+            "services/grpc-svc/10.0.0.2:50051", b'{"Addr":"10.0.0.2:50051"}'
+        )  # as Go writes it
+        resolver = Resolver(conn, prefix="services", format="etcd-endpoints")
+        assert [i.address for i in resolver.resolve("grpc-svc")] == [
+            "10.0.0.1:50051",
+            "10.0.0.2:50051",
+        ]
+
+
+def test_bad_registry_and_resolver_options(conn: geventc.Connector) -> None:
+    for bad in (
+        lambda: Registry(conn, prefix=""),
+        lambda: Registry(conn, format="zk"),
+        lambda: Registry(conn, ttl=0),
+        lambda: Registry(conn, retry="often"),  # type: ignore[arg-type]
+        lambda: RetryPolicy(max_attempts=-1),
+        lambda: RetryPolicy(retry_delay=0),
+        lambda: Resolver(conn, default_weight=0),
+        lambda: Resolver(conn).resolve("a/b"),
+        lambda: Registry(conn).register("echo"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidArgument):
+            bad()
+
+
+def test_ttl_from_the_environment(conn: geventc.Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KITEX_ETCD_REGISTRY_LEASE_TTL", "9")
+    assert Registry(conn).ttl == 9
+    assert Registry(conn, ttl=4).ttl == 4
+    monkeypatch.setenv("KITEX_ETCD_REGISTRY_LEASE_TTL", "soon")
+    with pytest.raises(InvalidArgument, match="KITEX_ETCD_REGISTRY_LEASE_TTL"):
+        Registry(conn)
+
+
+@pytest.fixture
+def private_server() -> Iterator[EtcdServer]:
+    with EtcdServer(fsync=False) as server:
+        yield server
+
+
+def test_registration_restored_after_restart_with_empty_data(private_server: EtcdServer) -> None:
+    with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
+        registry = Registry(conn, ttl=3)
+        resolver = Resolver(conn)
+        registry.register(Instance("phoenix", "127.0.0.1:7"))
+        assert len(resolver.resolve("phoenix")) == 1
+        private_server.restart(0, wipe=True)  # a brand-new, empty etcd on the same address
+        deadline = time.monotonic() + 15
+        while conn.get("kitex/registry-etcd/phoenix/127.0.0.1:7") is None:
+            assert time.monotonic() < deadline, "the registration never came back"
+            gevent.sleep(0.1)
+        while True:  # and the resolver's cache converged on the new server's state
+            try:
+                if len(resolver.resolve("phoenix")) == 1:
+                    break
+            except NoInstances:
+                pass
+            assert time.monotonic() < deadline
+            gevent.sleep(0.05)
+        registry.close()
+
+
+def test_retry_gives_up_after_max_attempts_and_says_so() -> None:
+    with EtcdServer(auth=True, fsync=False) as server:
+        server.add_user("svc", "svc-pw", prefix="kitex/")
+        with geventc.connect(server.endpoints, username="svc", password="svc-pw") as conn:
+            policy = RetryPolicy(max_attempts=3, retry_delay=0.2)
+            registry = Registry(conn, ttl=5, retry=policy)
+            registry.register(Instance("doomed", "127.0.0.1:1"))
+            # take the write permission away, then delete the key behind its back
+            server.admin(
+                "/v3/auth/role/grant",
+                {
+                    "name": "role-svc",
+                    "perm": {"permType": "READ", "key": "a2l0ZXgv", "range_end": "a2l0ZXgw"},
+                },
+            )
+            server.admin(
+                "/v3/kv/deleterange",
+                {"key": "a2l0ZXgvcmVnaXN0cnktZXRjZC9kb29tZWQvMTI3LjAuMC4xOjE="},
+            )
+            events = registry.events()
+            assert next_of(events, EphemeralEvent).status is EphemeralStatus.LOST
+            failures = []
+            while True:
+                report = next_of(events, RecipeError, timeout=15)
+                failures.append(report)
+                if report.fatal:
+                    break
+            assert isinstance(failures[-1].error, RetriesExhausted)
+            assert "3 consecutive failures" in str(failures[-1].error)
+            assert len(failures) == 4  # three failed attempts, then the give-up
+
+
+def test_registry_and_resolver_with_auth_and_tls() -> None:
+    with EtcdServer(auth=True, tls=True, fsync=False) as server:
+        options = {"username": "root", "password": ROOT_PASSWORD, "tls": server.client_tls()}
+        with (
+            geventc.connect(server.endpoints, **options) as conn,
+            Registry(conn, ttl=5) as registry,
+        ):
+            echo = registry.register(Instance("secure", "127.0.0.1:443"))
+            with geventc.connect(server.endpoints, **options) as other:
+                assert Resolver(other).resolve("secure") == [echo]
