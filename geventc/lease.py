@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from gevent.pool import Group
 from . import validate
 from .client import Client
 from .errors import EtcdError, LeaseNotFound
+from .retry import Backoff
 
 log = logging.getLogger("geventc")
 
@@ -144,14 +144,13 @@ class KeptLease:
         self._set_state(LeaseState.ACTIVE, "renewed")
 
     def _regrant(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(first=0.1)
         while True:
             try:
                 self._grant_once()
             except EtcdError as exc:
                 log.warning("granting a new %ds lease failed (%s); retrying", self.ttl, exc)
-                gevent.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                gevent.sleep(backoff.next())
                 continue
             self._notify(LeaseState.ACTIVE)
             return

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -23,6 +22,7 @@ import gevent
 from gevent.pool import Group
 
 from .errors import Compacted, EtcdError
+from .retry import Backoff
 from .watchstream import WatchStream
 from .wire import Event, EventType, KeyValue, RangeResult
 
@@ -117,7 +117,7 @@ class PrefixWatch:
     # --- the watching greenlet ---------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(first=0.05)
         need_read = True
         while True:
             try:
@@ -125,7 +125,7 @@ class PrefixWatch:
                     self._resync()
                     need_read = False
                 self._follow()
-                backoff = 0.05
+                backoff.reset()
             except Compacted as exc:
                 log.info("watch on %r compacted (%s); re-reading the prefix", self.prefix, exc)
                 need_read = True
@@ -133,8 +133,7 @@ class PrefixWatch:
                 log.warning("watch on %r failed (%s); retrying", self.prefix, exc)
                 self._failing = True
                 self._publish(PrefixUpdate((), self.state, self.revision, error=exc))
-                gevent.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                gevent.sleep(backoff.next())
             finally:
                 if self._stream is not None:
                     self._stream.cancel()

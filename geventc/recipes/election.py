@@ -22,7 +22,6 @@ that must only happen under leadership use :meth:`LeaderElector.guard` (or
 from __future__ import annotations
 
 import enum
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +33,7 @@ from .. import validate
 from ..channel import Channel
 from ..errors import EtcdError, InvalidArgument, NotLeader
 from ..lease import KeptLease, LeaseState
+from ..retry import Backoff
 from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate
 from ..wire import KeyValue, RangeResult, TxnResult
@@ -145,7 +145,7 @@ class LeaderElector(Recipe[ElectionEvent]):
     # --- campaign ----------------------------------------------------------------------
 
     def _campaign_forever(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(first=0.1)
         while self._running:
             try:
                 if self._lease is None:
@@ -158,13 +158,12 @@ class LeaderElector(Recipe[ElectionEvent]):
                 if not self._key and self._lease.valid:
                     self._campaign()
                 self._evaluate()
-                backoff = 0.1
+                backoff.reset()
                 self._wake.wait()
                 self._wake.clear()
             except EtcdError as exc:
                 self._report_status(ElectionStatus.SUSPENDED, exc)
-                gevent.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                gevent.sleep(backoff.next())
 
     def _campaign(self) -> None:
         lease = self._lease

@@ -10,7 +10,6 @@ last event it delivered. When the history it needs was compacted it sends a fata
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from gevent.event import Event
 from .. import validate
 from ..channel import Channel
 from ..errors import Compacted, EtcdError
+from ..retry import Backoff
 from ..wire import EventType
 from .base import Recipe, RecipeError
 
@@ -76,7 +76,7 @@ class Observer(Recipe[WatchEvent]):
             self._established.set()
 
     def _follow(self, recursive: bool) -> None:
-        backoff = 0.05
+        backoff = Backoff(first=0.05)
         while self._running:
             try:
                 stream = self._conn.watch(
@@ -98,7 +98,7 @@ class Observer(Recipe[WatchEvent]):
                                 event.kv.mod_revision,
                             )
                         self.next_revision = stream.start_revision
-                        backoff = 0.05
+                        backoff.reset()
                 finally:
                     stream.cancel()
             except Compacted as exc:
@@ -108,8 +108,7 @@ class Observer(Recipe[WatchEvent]):
             except EtcdError as exc:
                 self._report(exc)
                 self._established.set()
-                gevent.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                gevent.sleep(backoff.next())
 
     def _deliver(
         self, kind: EventType, key: bytes, value: bytes, prev: bytes | None, revision: int
