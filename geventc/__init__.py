@@ -12,6 +12,7 @@ from .errors import EtcdError, InvalidArgument
 from .instances import Instance
 from .lease import LeaseState
 from .recipes.base import RecipeError
+from .recipes.config import ConfigChange, ConfigWatcher
 from .recipes.election import ElectionEvent, ElectionStatus, LeaderElector
 from .recipes.ephemeral import EphemeralEvent, EphemeralKey, EphemeralStatus
 from .recipes.health import ClusterHealth, ClusterStatus, HealthMonitor, MemberHealth
@@ -48,6 +49,8 @@ __all__ = [
     "Client",
     "ClusterHealth",
     "ClusterStatus",
+    "ConfigChange",
+    "ConfigWatcher",
     "Compare",
     "Comparison",
     "Connector",

@@ -6,18 +6,17 @@ import contextlib
 import dataclasses
 import socket
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping
 
 import gevent
 import pytest
 from gevent.event import Event
-from gevent.server import StreamServer
+from helpers.gate import Gate
 
 import geventc
 from geventc import Channel, Client, RecipeError, ServiceSnapshot, ServiceTracker
 from geventc.errors import EtcdError, RecipeStateError
-from geventc.testing import EtcdServer, free_port
+from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
 from geventc.watch import PrefixUpdate
 
@@ -346,60 +345,6 @@ def test_an_outage_without_changes_ends_with_an_error_free_snapshot(
         recovered = wait_for_services(channel, {"i1": "live"}, timeout=10)
         assert recovered.error is None and recovered.revision == written
         tracker.stop()
-
-
-class Gate:
-    """A TCP proxy to an etcd endpoint that can cut its clients off: ``close()`` refuses
-    new connections and drops open ones, ``open()`` lets them through again."""
-
-    def __init__(self, target: str) -> None:
-        url = urllib.parse.urlsplit(target)
-        self._target = (url.hostname or "127.0.0.1", url.port or 2379)
-        self.port = free_port()
-        self._server: StreamServer | None = None
-        self._sockets: set[socket.socket] = set()
-        self.open()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def open(self) -> None:
-        self._server = StreamServer(("127.0.0.1", self.port), self._serve)
-        self._server.start()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for sock in list(self._sockets):
-            _drop(sock)
-        self._sockets.clear()
-
-    def _serve(self, downstream: socket.socket, _address: object) -> None:
-        try:
-            upstream = socket.create_connection(self._target, timeout=2.0)
-        except OSError:
-            _drop(downstream)
-            return
-        upstream.settimeout(None)
-        pair = (downstream, upstream)
-        self._sockets.update(pair)
-        pumps = [
-            gevent.spawn(_pump, downstream, upstream),
-            gevent.spawn(_pump, upstream, downstream),
-        ]
-        gevent.joinall(pumps, count=1)
-        for sock in pair:
-            _drop(sock)
-            self._sockets.discard(sock)
-        gevent.killall(pumps)
-
-
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            target.sendall(data)
 
 
 def _drop(sock: socket.socket) -> None:

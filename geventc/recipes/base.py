@@ -84,6 +84,9 @@ class Recipe(Generic[E]):
             return
         self._running = False
         self._stopped = True
+        current = gevent.getcurrent()
+        if isinstance(current, gevent.Greenlet) and current in self._greenlets:
+            self._greenlets.discard(current)  # stopped from its own greenlet: finish the call
         self._greenlets.kill(block=True, timeout=STOP_TIMEOUT / 3)
         with gevent.Timeout(STOP_TIMEOUT, False):  # type: ignore[arg-type]
             try:

@@ -3,8 +3,9 @@
 The watcher reads every key under the path once, then follows the connector's shared
 watch of the path from that read's revision + 1 (no gap, no duplicate). The watcher *is*
 the mapping: ``config["db/password"]`` is the current value of ``<path>/db/password``,
-decoded by ``decode`` (UTF-8 text by default). :meth:`ConfigWatcher.start` returns once
-the first state is loaded, so the mapping is usable at once.
+decoded by ``decode`` (UTF-8 text by default; it runs in the shared watch's greenlet, so
+it must be quick and must not block). :meth:`ConfigWatcher.start` returns once the first
+state is loaded, so the mapping is usable at once.
 
 Every later change of a stored value is one :class:`ConfigChange` on the changes
 channel (unbounded: the watch never waits for a reader), in revision order; a re-put of
@@ -56,7 +57,8 @@ LOAD_GRACE = 1.0
 class ConfigChange:
     """One key's value changed at ``revision``: ``key`` is relative to the watched
     path, ``old`` and ``new`` are decoded values; ``old`` is None for an added key and
-    ``new`` None for a removed one."""
+    ``new`` None for a removed one. After a re-read (compaction) a change carries the
+    key's modification revision, and a removal the revision of the re-read."""
 
     key: str
     old: Any
@@ -79,7 +81,7 @@ class ConfigDecodeError(EtcdError):
         self.__cause__ = cause
 
 
-Outcome = ConfigChange | ConfigDecodeError
+_Outcome = ConfigChange | ConfigDecodeError
 
 
 def _utf8(value: bytes) -> str:
@@ -91,7 +93,8 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
     """The keys under ``prefix`` as a live read-only mapping; see the module docstring.
 
     Like every live object it compares by identity; compare ``dict(config)`` or
-    :meth:`snapshot` to compare contents. Values are never shown in its repr."""
+    :meth:`snapshot` to compare contents. Values are never shown in its repr. Decoded
+    values are shared with every reader and change event: treat them as read-only."""
 
     def __init__(self, conn: Connector, prefix: str, *, decode: Decoder | None = None) -> None:
         super().__init__(conn)
@@ -186,6 +189,12 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
         self.stop()
         raise error
 
+    def stop(self) -> None:
+        """Stop following (idempotent): unsubscribe, end the changes channel, end running
+        callbacks and wake :meth:`wait_for` callers; the mapping keeps its last state.
+        A callback may stop its own watcher: its call then runs to its end."""
+        super().stop()
+
     def _release(self) -> None:
         self._conn.hub.unsubscribe(self._prefix, self._on_update)
         for waiters in self._waiters.values():
@@ -277,10 +286,12 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
         self._load_error = error  # start() raises it
         self._first_update.set()
 
-    def _replay(self, events: tuple[WatchedEvent, ...]) -> list[Outcome]:
+    def _replay(self, events: tuple[WatchedEvent, ...]) -> list[_Outcome]:
         """Apply watch events one by one, in order."""
+        if not events:
+            return []
         values = dict(self._values)
-        outcomes: list[Outcome | None] = []
+        outcomes: list[_Outcome | None] = []
         for event in events:
             name = self._name(event.kv.key)
             if event.type is EventType.DELETE:
@@ -290,19 +301,19 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
         self._values = values
         return [o for o in outcomes if o is not None]
 
-    def _resync(self, state: Mapping[bytes, KeyValue], revision: int) -> list[Outcome]:
+    def _resync(self, state: Mapping[bytes, KeyValue], revision: int) -> list[_Outcome]:
         """Make the mapping equal ``state`` (read at ``revision``); the differences come
         back in revision order, removals (whose exact revision is unknown) last."""
         fresh = {self._name(key): kv for key, kv in state.items()}
         values = dict(self._values)
-        outcomes: list[Outcome | None] = [
+        outcomes: list[_Outcome | None] = [
             self._remove(values, name, revision) for name in list(values) if name not in fresh
         ]
         outcomes += [self._put(values, name, kv) for name, kv in fresh.items()]
         self._values = values
         return sorted((o for o in outcomes if o is not None), key=lambda o: o.revision)
 
-    def _put(self, values: dict[str, Any], name: str, kv: KeyValue) -> Outcome | None:
+    def _put(self, values: dict[str, Any], name: str, kv: KeyValue) -> _Outcome | None:
         if name in values and self._raw.get(name) == kv.value:
             return None  # the same bytes again: nothing changed
         try:
@@ -314,7 +325,7 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
         self._raw[name] = kv.value
         return ConfigChange(name, old, new, kv.mod_revision)
 
-    def _remove(self, values: dict[str, Any], name: str, revision: int) -> Outcome | None:
+    def _remove(self, values: dict[str, Any], name: str, revision: int) -> _Outcome | None:
         if name not in values:
             return None  # never held (absent, or only undecodable values)
         self._raw.pop(name, None)
@@ -323,7 +334,7 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
     def _name(self, key: bytes) -> str:
         return key[len(self._prefix) :].decode("utf-8", "replace")
 
-    def _publish(self, outcomes: list[Outcome]) -> None:
+    def _publish(self, outcomes: list[_Outcome]) -> None:
         for outcome in outcomes:
             if isinstance(outcome, ConfigDecodeError):
                 self._report(outcome)
