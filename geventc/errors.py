@@ -138,3 +138,7 @@ class RetriesExhausted(EtcdError):
 
 class NoInstances(EtcdError):
     """A service has no registered instance."""
+
+
+class ForkedProcess(EtcdError, RuntimeError):
+    """A client or connector made before ``fork()`` was used in the child process."""

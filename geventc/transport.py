@@ -140,6 +140,9 @@ class Transport:
         self._auth_lock = gevent.lock.BoundedSemaphore()
         self._current = 0
         self._closed = False
+        self._pid = os.getpid()
+        #: HTTP requests sent so far (every attempt and every stream opened)
+        self.requests = 0
         options = (tls or TLSConfig()).pool_options() if secure else {}
         self._pool_options = {"maxsize": pool_size, "block": False, **options}
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
@@ -186,6 +189,7 @@ class Transport:
         status."""
         target = endpoint or self.current_endpoint
         self._check_open()
+        self.requests += 1
         limit = timeout or self.timeout
         try:
             response = self._pool(target).urlopen(
@@ -335,6 +339,7 @@ class Transport:
         stream: bool,
     ) -> urllib3.BaseHTTPResponse:
         remaining = max(0.001, deadline - time.monotonic())
+        self.requests += 1
         if not write and not stream and len(self.endpoints) > 1:
             remaining = min(remaining, max(self.timeout / 2, self.connect_timeout))
         try:
@@ -386,6 +391,12 @@ class Transport:
     def _check_open(self) -> None:
         if self._closed:
             raise errors.ClientClosed("the etcd client is closed")
+        if os.getpid() != self._pid:
+            raise errors.ForkedProcess(
+                f"this etcd client was created in process {self._pid} before a fork; "
+                "sockets must not be shared across processes: create a new client or "
+                "connector in this process (in gunicorn, in the post_fork hook)"
+            )
 
 
 def _auth_required(exc: errors.EtcdError) -> errors.AuthenticationFailed:
