@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import gevent.lock
 import gevent.monkey
 import urllib3
+import urllib3.util.ssl_ as urllib3_ssl
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -41,11 +43,17 @@ BACKOFF_MAX = 0.5
 
 
 def ensure_patched() -> None:
-    """Raise :class:`NotPatched` unless the ``socket`` module is gevent-patched."""
+    """Raise :class:`NotPatched` unless sockets (and urllib3's TLS) are gevent-patched."""
     if not gevent.monkey.is_module_patched("socket"):
         raise errors.NotPatched(
             "geventc needs gevent-patched sockets: call gevent.monkey.patch_all() at the very "
             "start of the program (gunicorn's gevent worker and pytest-gevent do it for you)"
+        )
+    if getattr(urllib3_ssl, "SSLContext", ssl.SSLContext) is not ssl.SSLContext:
+        raise errors.NotPatched(
+            "urllib3 was imported before gevent.monkey.patch_all(), so its TLS would not be "
+            "cooperative: patch first thing, before importing urllib3 (importing geventc "
+            "itself before patching is fine)"
         )
 
 

@@ -147,3 +147,29 @@ def test_unpatched_process_gets_not_patched() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert "NotPatched:" in out.stdout and "gevent.monkey.patch_all()" in out.stdout
+
+
+def test_import_geventc_loads_no_network_module() -> None:
+    script = "import sys, geventc; print('urllib3' in sys.modules, 'ssl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_urllib3_imported_before_patching_gets_not_patched() -> None:
+    script = textwrap.dedent(
+        """
+        import urllib3
+        from gevent import monkey
+        monkey.patch_all()
+        from geventc import Client
+        from geventc.errors import NotPatched
+        try:
+            Client(["http://127.0.0.1:2379"])
+        except NotPatched as exc:
+            print("NotPatched:", exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "NotPatched:" in out.stdout and "before importing urllib3" in out.stdout
