@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 from geventc.demo import run_demo
 from geventc.testing.plugin import EtcdTestContext
@@ -25,8 +28,15 @@ def test_demo_against_a_given_cluster(etcd: EtcdTestContext) -> None:
     assert client.get_prefix(etcd.prefix + "demo/").count == 0  # it cleaned up
 
 
-def test_demo_with_its_own_etcd_prints_a_table() -> None:
-    out = io.StringIO()
-    assert run_demo(None, instances=20, trackers=10, out=out) == 0
-    text = out.getvalue()
+def test_geventc_demo_command_with_its_own_etcd_prints_a_table() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "geventc", "demo", "--instances", "20", "--trackers", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "GEVENTC_ENDPOINTS"},
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
     assert "started a throw-away etcd" in text and "summary" in text and "handover_ms" in text
