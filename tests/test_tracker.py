@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import socket
 import time
 from collections.abc import Iterator, Mapping
 
@@ -345,12 +343,6 @@ def test_an_outage_without_changes_ends_with_an_error_free_snapshot(
         recovered = wait_for_services(channel, {"i1": "live"}, timeout=10)
         assert recovered.error is None and recovered.revision == written
         tracker.stop()
-
-
-def _drop(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
 
 
 def test_compaction_while_disconnected_re_reads_the_exact_state(
