@@ -115,6 +115,18 @@ def test_guarded_writes_fence_a_stale_leader(conn: geventc.Connector) -> None:
     follower.stop()
 
 
+def test_deleted_key_suspends_the_leader_then_it_campaigns_again(conn: geventc.Connector) -> None:
+    elector = conn.leader_elector("/del", "victim")
+    elector.start()
+    first = wait_for(elector, ElectionStatus.LEADER)
+    conn.delete_prefix("/del/")  # someone deletes the leader key behind its back
+    suspended = next_status(elector)
+    assert suspended.status is ElectionStatus.SUSPENDED and isinstance(suspended.error, NotLeader)
+    again = wait_for(elector, ElectionStatus.LEADER)
+    assert again.fencing_token > first.fencing_token and elector.is_leader
+    elector.stop()
+
+
 def test_life_cycle_and_bad_input(conn: geventc.Connector) -> None:
     with conn.leader_elector("/life", "x") as elector:
         assert next_status(elector).status is ElectionStatus.LEADER

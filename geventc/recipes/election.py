@@ -200,8 +200,13 @@ class LeaderElector(Recipe[ElectionEvent]):
             return
         if self._state_revision < self._revision:
             return  # the watch has not seen our key yet
-        if self._key not in self._state:
-            self._key = b""  # deleted under us: campaign again
+        if self._key not in self._state:  # deleted under us: stop leading, campaign again
+            if self._last is not None and self._last.status is ElectionStatus.LEADER:
+                self._report_status(
+                    ElectionStatus.SUSPENDED,
+                    NotLeader(f"the election key of {self.identity!r} was deleted"),
+                )
+            self._key = b""
             self._wake.set()
             return
         first = self._first()
