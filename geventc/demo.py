@@ -87,7 +87,7 @@ def _wait(condition: Callable[[], bool], since: float, what: str, timeout: float
     return time.monotonic() - since
 
 
-def _fleet(conn: Connector, instances: int, trackers: int, report: Report) -> tuple[Registry, int]:
+def _fleet(conn: Connector, instances: int, trackers: int, report: Report) -> Registry:
     services = max(1, instances // 100)
     registry = Registry(conn, ttl=10)
     started = time.monotonic()
@@ -127,7 +127,7 @@ def _fleet(conn: Connector, instances: int, trackers: int, report: Report) -> tu
         trackers=trackers,
         tracker_converge_seconds=round(took, 2),
     )
-    return registry, services
+    return registry
 
 
 def _election(conn: Connector, report: Report) -> None:
@@ -206,7 +206,7 @@ def run_demo(
     with _cluster(endpoints, report) as cluster:
         space = namespace or f"geventc-demo-{uuid.uuid4().hex[:8]}"
         with connect(cluster, namespace=space, **(client_options or {})) as conn:
-            registry, _ = _fleet(conn, instances, trackers, report)
+            registry = _fleet(conn, instances, trackers, report)
             _election(conn, report)
             _config(conn, min(trackers, 200) or 1, report)
             _at_rest(conn, report)

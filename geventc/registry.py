@@ -103,10 +103,13 @@ class Registry:
             raise InvalidArgument("register() takes a geventc.Instance")
         registered = instance.for_registration()
         key = self.key_of(registered)
-        if key in self._keys:
-            self.deregister(registered)
+        value = encode(registered, self.format)
+        if key in self._keys:  # same address: new value, same key and lease, no gap
+            self._keys[key][1].update(value)
+            self._keys[key] = (registered, self._keys[key][1])
+            return registered
         ephemeral = EphemeralKey(self._conn, key, overwrite=True, retry=self.retry)
-        ephemeral.create(encode(registered, self.format), self.ttl, channel=self._events)
+        ephemeral.create(value, self.ttl, channel=self._events)
         self._keys[key] = (registered, ephemeral)
         log.info("registered %s at %s", registered.service, registered.address)
         return registered

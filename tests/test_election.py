@@ -15,7 +15,7 @@ import pytest
 from helpers.channels import next_of
 
 import geventc
-from geventc import ElectionEvent, ElectionStatus, LeaderElector, Op, RecipeError
+from geventc import ElectionEvent, ElectionStatus, LeaderElector, Op
 from geventc.errors import InvalidArgument, NotLeader, RecipeStateError
 from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
@@ -242,12 +242,3 @@ def test_server_restart_suspends_then_leads_again(private_server: EtcdServer) ->
             assert time.monotonic() < deadline, f"not leading: {elector.status}"
             next_status(elector, timeout=max(0.01, deadline - time.monotonic()))
         elector.stop()
-
-
-def test_recipe_errors_are_reported_not_raised(conn: geventc.Connector) -> None:
-    # sanity: the channel type admits RecipeError events alongside election events
-    elector = conn.leader_elector("/errs", "x")
-    channel = elector.start()
-    event = channel.get(timeout=10)
-    assert isinstance(event, ElectionEvent | RecipeError)
-    elector.stop()

@@ -296,3 +296,15 @@ def test_registry_and_resolver_with_auth_and_tls() -> None:
             echo = registry.register(Instance("secure", "127.0.0.1:443"))
             with geventc.connect(server.endpoints, **options) as other:
                 assert Resolver(other).resolve("secure") == [echo]
+
+
+def test_registering_an_address_again_updates_it_in_place(conn: geventc.Connector) -> None:
+    with Registry(conn, ttl=5) as registry:
+        registry.register(Instance("u", "127.0.0.1:1", weight=1))
+        before = conn.get("kitex/registry-etcd/u/127.0.0.1:1")
+        assert before is not None
+        registry.register(Instance("u", "127.0.0.1:1", weight=9))
+        after = conn.get("kitex/registry-etcd/u/127.0.0.1:1")
+        assert after is not None and b'"weight":9' in after.value
+        assert after.create_revision == before.create_revision and after.lease == before.lease
+        assert [i.weight for i in registry.instances()] == [9]

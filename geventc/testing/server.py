@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import urllib3
@@ -486,11 +486,6 @@ def _stop_everything() -> None:
         cluster.stop()
 
 
-def running_clusters() -> Iterator[EtcdCluster]:
-    """Clusters started and not yet stopped (for diagnostics)."""
-    return iter(list(_LIVE))
-
-
 __all__: list[str] = [
     "ROOT_PASSWORD",
     "EtcdCluster",
@@ -499,5 +494,4 @@ __all__: list[str] = [
     "EtcdServer",
     "find_etcd_binary",
     "free_port",
-    "running_clusters",
 ]
