@@ -11,12 +11,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import validate, wire
+from .coalesce import TXN_MAX_OPS, Coalescer
 from .endpoints import parse_endpoint
 from .errors import InvalidArgument, LeaseNotFound
 from .transport import TLSConfig, Transport, ensure_patched
 from .txn import Comparison, TxnOp, range_request, txn_body
 from .watchstream import WatchStream
 from .wire import (
+    JSON,
     DeleteResult,
     Health,
     KeyValue,
@@ -42,6 +44,14 @@ class Client:
     ``pool_size`` is the number of kept-alive connections per endpoint;
     ``max_request_bytes`` mirrors the server's ``--max-request-bytes`` so oversize
     writes fail before they are sent.
+
+    ``coalesce`` (on by default) sends the ``get``/``get_prefix``/``put``/``delete``
+    calls that many greenlets make at the same moment as one txn of at most
+    ``max_txn_ops`` operations (the server's ``--max-txn-ops``) and hands each caller
+    its own result: fewer, fuller requests under load, one event-loop turn of delay
+    otherwise. Each call keeps its meaning (every read is linearizable, every write
+    its own result or error); serializable reads, prefix deletes and ``txn`` are
+    never coalesced. ``coalesce=False`` sends every call as its own request.
     """
 
     def __init__(
@@ -55,9 +65,13 @@ class Client:
         connect_timeout: float = 2.0,
         pool_size: int = 64,
         max_request_bytes: int = validate.DEFAULT_MAX_REQUEST_BYTES,
+        coalesce: bool = True,
+        max_txn_ops: int = TXN_MAX_OPS,
     ) -> None:
         ensure_patched()
         self.max_request_bytes = validate.integer(max_request_bytes, "max_request_bytes", minimum=1)
+        coalescing = validate.boolean(coalesce, "coalesce")
+        txn_ops = validate.integer(max_txn_ops, "max_txn_ops", minimum=1, maximum=100_000)
         self.transport = Transport(
             endpoints,
             username=username,
@@ -66,6 +80,11 @@ class Client:
             timeout=validate.positive_number(timeout, "timeout"),
             connect_timeout=validate.positive_number(connect_timeout, "connect_timeout"),
             pool_size=validate.integer(pool_size, "pool_size", minimum=1, maximum=10_000),
+        )
+        self.coalescer = (
+            Coalescer(self.transport, max_ops=txn_ops, max_bytes=self.max_request_bytes // 2)
+            if coalescing and txn_ops > 1
+            else None
         )
 
     def __repr__(self) -> str:
@@ -150,13 +169,16 @@ class Client:
         k, v = validate.key(key), validate.value(value)
         validate.request_size(len(k) + len(v), self.max_request_bytes, "the put")
         body = wire.put_body(k, v, validate.lease_ref(lease), validate.boolean(prev_kv, "prev_kv"))
-        answer = self.transport.call("/v3/kv/put", body, write=True)
+        answer = self._single("/v3/kv/put", "request_put", body, (k, b""), len(k) + len(v), True)
         return wire.decode("put", wire.put_result, answer)
 
     def delete(self, key: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
         """Delete ``key``; ``deleted`` is 1 if it existed, else 0."""
-        body = wire.delete_body(validate.key(key), b"", validate.boolean(prev_kv, "prev_kv"))
-        answer = self.transport.call("/v3/kv/deleterange", body, write=True)
+        k = validate.key(key)
+        body = wire.delete_body(k, b"", validate.boolean(prev_kv, "prev_kv"))
+        answer = self._single(
+            "/v3/kv/deleterange", "request_delete_range", body, (k, b""), len(k), True
+        )
         return wire.decode("delete", wire.delete_result, answer)
 
     def delete_prefix(self, prefix: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
@@ -190,8 +212,25 @@ class Client:
         return wire.decode("txn", wire.txn_result, answer)
 
     def _range(self, request: wire.RangeRequest) -> RangeResult:
-        answer = self.transport.call("/v3/kv/range", request.body())
+        body = request.body()
+        if request.serializable:
+            answer = self.transport.call("/v3/kv/range", body)
+        else:
+            where = (request.key, request.range_end)
+            answer = self._single(
+                "/v3/kv/range", "request_range", body, where, len(request.key), False
+            )
         return wire.decode("range", wire.range_result, answer)
+
+    def _single(
+        self, path: str, field: str, body: JSON, key: tuple[bytes, bytes], size: int, write: bool
+    ) -> JSON:
+        """Send one KV operation, coalesced with concurrent ones when enabled."""
+        if self.coalescer is not None:
+            answer = self.coalescer.call(field, body, key, size, write=write)
+            if answer is not None:
+                return answer
+        return self.transport.call(path, body, write=write)
 
     # --- leases ------------------------------------------------------------------------
 

@@ -100,6 +100,28 @@ def test_limited_user_gets_permission_denied_outside_its_prefix(auth_server: Etc
     client.close()
 
 
+def test_coalesced_calls_outside_the_prefix_fail_alone(auth_server: EtcdServer) -> None:
+    client = Client(auth_server.endpoints, username="alice", password=ALICE_PASSWORD)
+
+    def call(i: int) -> object:
+        key = f"/bob/c{i}" if i % 10 == 3 else f"/alice/c{i}"
+        try:
+            client.put(key, str(i))
+            return client.get(key)
+        except PermissionDenied as exc:
+            return exc
+
+    greenlets = [gevent.spawn(call, i) for i in range(40)]
+    gevent.joinall(greenlets, raise_error=True, timeout=20)
+    for i, g in enumerate(greenlets):
+        if i % 10 == 3:
+            assert isinstance(g.value, PermissionDenied)
+        else:
+            assert g.value is not None and g.value.value == str(i).encode()
+    assert client.coalescer is not None and client.coalescer.batches > 0
+    client.close()
+
+
 def test_secrets_never_leak(auth_server: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     client = Client(auth_server.endpoints, username="alice", password=ALICE_PASSWORD)

@@ -1,0 +1,183 @@
+"""Request coalescing: concurrent single operations sent as shared txns, against a real
+etcd. Each caller must get exactly its own result or error."""
+
+from __future__ import annotations
+
+import itertools
+
+import gevent
+import pytest
+
+from geventc import Client
+from geventc.errors import ConnectionFailed, InvalidArgument, LeaseNotFound, Timeout
+from geventc.testing import free_port
+from geventc.testing.plugin import EtcdTestContext
+
+
+def _together(count: int, call: object) -> list[object]:
+    """Run ``call(i)`` in ``count`` greenlets started together; their results in order."""
+    assert callable(call)
+    greenlets = [gevent.spawn(call, i) for i in range(count)]
+    gevent.joinall(greenlets, raise_error=True, timeout=30)
+    assert all(g.ready() for g in greenlets)
+    return [g.value for g in greenlets]
+
+
+def test_concurrent_puts_each_get_their_own_result(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    for i in range(40):
+        client.put(etcd.key(f"k{i}"), f"old{i}")
+    before = client.transport.requests
+    results = _together(40, lambda i: client.put(etcd.key(f"k{i}"), f"new{i}", prev_kv=True))
+    assert client.transport.requests - before < 40 / 4, "the puts were not coalesced"
+    for i, result in enumerate(results):
+        assert result.prev_kv is not None and result.prev_kv.value == f"old{i}".encode()
+        kv = client.get(etcd.key(f"k{i}"))
+        assert kv is not None and kv.value == f"new{i}".encode()
+        assert kv.mod_revision == result.header.revision
+
+
+def test_concurrent_gets_and_deletes_each_get_their_own_result(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    for i in range(0, 30, 2):  # only the even keys exist
+        client.put(etcd.key(f"k{i}"), f"v{i}")
+    values = _together(30, lambda i: client.get(etcd.key(f"k{i}")))
+    for i, kv in enumerate(values):
+        assert (kv.value if kv else None) == (f"v{i}".encode() if i % 2 == 0 else None)
+    prefixes = _together(3, lambda i: client.get_prefix(etcd.key(f"k{i}")))
+    assert [sorted(kv.key_str for kv in r.kvs) for r in prefixes] == [
+        [etcd.key("k0")],
+        [etcd.key(f"k{i}") for i in (10, 12, 14, 16, 18)],
+        [etcd.key(f"k{i}") for i in (2, 20, 22, 24, 26, 28)],
+    ]
+    deleted = _together(30, lambda i: client.delete(etcd.key(f"k{i}"), prev_kv=True))
+    for i, result in enumerate(deleted):
+        assert result.deleted == (1 if i % 2 == 0 else 0)
+        assert [kv.value for kv in result.prev_kvs] == ([f"v{i}".encode()] if i % 2 == 0 else [])
+    assert client.get_prefix(etcd.key("")).count == 0
+
+
+def test_more_than_128_callers_split_into_several_txns(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    coalescer = client.coalescer
+    assert coalescer is not None
+    batches, before = coalescer.batches, client.transport.requests
+    results = _together(300, lambda i: client.put(etcd.key(f"many/{i}"), str(i)))
+    sent = coalescer.batches - batches
+    assert sent >= 3  # 128 operations per txn at most
+    assert client.transport.requests - before <= sent + 3
+    # one revision per request: each txn (and each lone put) is one write
+    assert len({r.header.revision for r in results}) == client.transport.requests - before
+    listed = client.get_prefix(etcd.key("many/"))
+    assert sorted(int(kv.value) for kv in listed.kvs) == list(range(300))
+
+
+def test_duplicate_keys_go_to_different_txns(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    key = etcd.key("same")
+    results = _together(20, lambda i: client.put(key, str(i), prev_kv=True))
+    revisions = sorted(r.header.revision for r in results)
+    assert len(set(revisions)) == 20, "two puts of one key shared a revision"
+    last = max(results, key=lambda r: r.header.revision)
+    kv = client.get(key)
+    assert kv is not None and kv.mod_revision == last.header.revision and kv.version == 20
+    # each put saw the value of the put just before it in revision order
+    by_revision = sorted(results, key=lambda r: r.header.revision)
+    for earlier, later in itertools.pairwise(by_revision):
+        assert later.prev_kv is not None and later.prev_kv.mod_revision == earlier.header.revision
+
+
+def test_a_dead_lease_fails_only_its_own_put(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    live = client.grant(30)
+    dead = client.grant(30)
+    client.revoke(dead)
+
+    def put(i: int) -> object:
+        try:
+            return client.put(etcd.key(f"l{i}"), str(i), lease=dead if i == 7 else live)
+        except LeaseNotFound as exc:
+            return exc
+
+    results = _together(20, put)
+    assert isinstance(results[7], LeaseNotFound)
+    assert not any(isinstance(r, Exception) for i, r in enumerate(results) if i != 7)
+    kvs = client.get_prefix(etcd.key("l")).kvs
+    assert sorted(int(kv.value) for kv in kvs) == [i for i in range(20) if i != 7]
+    assert all(kv.lease == live.id for kv in kvs)
+
+
+def test_reads_are_linearizable_and_see_earlier_writes(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    key = etcd.key("seen")
+
+    def write_then_read(i: int) -> bool:
+        client.put(f"{key}/{i}", "x")
+        kv = client.get(f"{key}/{i}")  # after this caller's put returned: must see it
+        return kv is not None and kv.value == b"x"
+
+    assert all(_together(100, write_then_read))
+
+
+def test_an_interrupted_caller_does_not_disturb_the_others(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+
+    def put(i: int) -> object:
+        if i % 5 == 0:
+            with gevent.Timeout(0.0001, False):
+                client.put(etcd.key(f"t{i}"), "x")
+            return None
+        return client.put(etcd.key(f"t{i}"), "x")
+
+    results = _together(50, put)
+    assert all(r is not None for i, r in enumerate(results) if i % 5)
+    keys = {kv.key_str for kv in client.get_prefix(etcd.key("t")).kvs}
+    assert {etcd.key(f"t{i}") for i in range(50) if i % 5} <= keys
+    assert client.put(etcd.key("after"), "ok").header.revision > 0  # nothing left stuck
+
+
+def test_a_failed_trip_reaches_every_caller_as_its_own_error() -> None:
+    client = Client(f"http://127.0.0.1:{free_port()}", timeout=2, connect_timeout=0.5)
+
+    def get(i: int) -> object:
+        try:
+            return client.get(f"k{i}")
+        except (ConnectionFailed, Timeout) as exc:
+            return exc
+
+    results = _together(30, get)
+    assert all(isinstance(r, ConnectionFailed | Timeout) for r in results)
+    assert len({id(r) for r in results}) == 30  # each caller raised its own exception object
+
+
+def test_switching_it_off_sends_one_request_per_call(etcd: EtcdTestContext) -> None:
+    client = etcd.client(coalesce=False)
+    assert client.coalescer is None
+    before = client.transport.requests
+    _together(30, lambda i: client.put(etcd.key(f"off{i}"), "x"))
+    assert client.transport.requests - before == 30
+
+
+def test_a_lone_caller_sends_the_plain_request(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    coalescer = client.coalescer
+    assert coalescer is not None
+    for i in range(5):
+        client.put(etcd.key(f"seq{i}"), "x")
+        assert client.get(etcd.key(f"seq{i}")) is not None
+    assert coalescer.batches == 0
+
+
+def test_small_max_txn_ops_is_respected(etcd: EtcdTestContext) -> None:
+    client = etcd.client(max_txn_ops=4)
+    coalescer = client.coalescer
+    assert coalescer is not None
+    _together(40, lambda i: client.put(etcd.key(f"small{i}"), "x"))
+    assert coalescer.coalesced <= 4 * coalescer.batches
+    assert client.get_prefix(etcd.key("small"), count_only=True).count == 40
+
+
+@pytest.mark.parametrize("bad", [{"coalesce": "yes"}, {"max_txn_ops": 0}, {"max_txn_ops": "8"}])
+def test_bad_coalescing_options_are_refused(etcd: EtcdTestContext, bad: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument):
+        Client(etcd.endpoints, **bad)  # type: ignore[arg-type]
