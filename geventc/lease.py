@@ -60,7 +60,8 @@ class KeptLease:
         self._client = client
         self._group = group
         self._deadline = 0.0
-        self._listeners: list[LeaseListener] = []
+        # holder -> times added; a dict so that releasing one of 10,000 holders is O(1)
+        self._listeners: dict[LeaseListener, int] = {}
         self._greenlet: gevent.Greenlet[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -74,7 +75,7 @@ class KeptLease:
     @property
     def holders(self) -> int:
         """How many holders share the lease."""
-        return len(self._listeners)
+        return sum(self._listeners.values())
 
     def grant(self) -> None:
         """Grant the lease now (in the caller's greenlet) and start renewing it."""
@@ -84,12 +85,13 @@ class KeptLease:
 
     def add(self, listener: LeaseListener) -> None:
         """Register a holder."""
-        self._listeners.append(listener)
+        self._listeners[listener] = self._listeners.get(listener, 0) + 1
 
     def remove(self, listener: LeaseListener) -> None:
         """Unregister a holder."""
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        count = self._listeners.pop(listener, 0)
+        if count > 1:
+            self._listeners[listener] = count - 1
 
     def close(self, *, revoke: bool = True, timeout: float = 2.0) -> None:
         """Stop renewing and (by default) revoke the lease, within ``timeout``."""

@@ -72,8 +72,10 @@ class PrefixWatch:
         self._failing = False
         self._source = source
         self._state: dict[bytes, KeyValue] = {}
-        self._listeners: list[Listener] = []
-        self._by_key: dict[bytes, list[Listener]] = {}
+        # listener -> times added; a dict so that removing one of 10,000 is O(1)
+        self._listeners: dict[Listener, int] = {}
+        # per key: a tuple (small; replaced on change) as thousands of keys may listen
+        self._by_key: dict[bytes, tuple[Listener, ...]] = {}
         self._stream: WatchStream | None = None
         self._greenlet = group.spawn(self._run)
 
@@ -88,24 +90,31 @@ class PrefixWatch:
     @property
     def listeners(self) -> int:
         """How many listeners share this watch."""
-        return len(self._listeners) + sum(len(v) for v in self._by_key.values())
+        return sum(self._listeners.values()) + sum(len(v) for v in self._by_key.values())
 
     def add(self, listener: Listener, key: bytes | None = None) -> None:
         """Add a listener of the whole prefix, or (with ``key``) of one key's events
         only; once synced it is handed the current state at once."""
         if key is None:
-            self._listeners.append(listener)
+            self._listeners[listener] = self._listeners.get(listener, 0) + 1
         else:
-            self._by_key.setdefault(key, []).append(listener)
+            self._by_key[key] = (*self._by_key.get(key, ()), listener)
         if self.synced:
             self._call(listener, PrefixUpdate((), self.state, self.revision, resynced=True))
 
     def remove(self, listener: Listener, key: bytes | None = None) -> None:
         """Remove a listener."""
-        listeners = self._listeners if key is None else self._by_key.get(key, [])
+        if key is None:
+            count = self._listeners.pop(listener, 0)
+            if count > 1:
+                self._listeners[listener] = count - 1
+            return
+        listeners = list(self._by_key.get(key, ()))
         if listener in listeners:
             listeners.remove(listener)
-        if key is not None and not listeners:
+        if listeners:
+            self._by_key[key] = tuple(listeners)
+        else:
             self._by_key.pop(key, None)
 
     def close(self) -> None:
@@ -181,13 +190,16 @@ class PrefixWatch:
         if not self._by_key:
             return
         if update.resynced or update.error:  # every key listener must re-check
+            by_key: dict[bytes, list[Event]] = {}
+            for event in update.events:
+                by_key.setdefault(event.kv.key, []).append(event)
             for key, listeners in list(self._by_key.items()):
-                mine = tuple(e for e in update.events if e.kv.key == key)
-                for listener in list(listeners):
+                mine = tuple(by_key.get(key, ()))
+                for listener in listeners:
                     self._call(listener, dataclasses.replace(update, events=mine))
             return
         for event in update.events:
-            for listener in list(self._by_key.get(event.kv.key, ())):
+            for listener in self._by_key.get(event.kv.key, ()):
                 self._call(listener, dataclasses.replace(update, events=(event,)))
 
     @staticmethod

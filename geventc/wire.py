@@ -315,11 +315,14 @@ def header(body: JSON) -> Header:
 
 def key_value(body: JSON) -> KeyValue:
     """Decode a ``mvccpb.KeyValue``."""
+    created, modified = body.get("create_revision"), body.get("mod_revision")
+    create_revision = as_int(created)
     return KeyValue(
         key=unb64(body.get("key")),
         value=unb64(body.get("value")),
-        create_revision=as_int(body.get("create_revision")),
-        mod_revision=as_int(body.get("mod_revision")),
+        create_revision=create_revision,
+        # one int object when equal: watch copies of many keys stay small
+        mod_revision=create_revision if modified == created else as_int(modified),
         version=as_int(body.get("version")),
         lease=as_int(body.get("lease")),
     )
