@@ -77,6 +77,7 @@ class PrefixWatch:
         # per key: a tuple (small; replaced on change) as thousands of keys may listen
         self._by_key: dict[bytes, tuple[Listener, ...]] = {}
         self._stream: WatchStream | None = None
+        self._view: PrefixUpdate | None = None
         self._greenlet = group.spawn(self._run)
 
     def __repr__(self) -> str:
@@ -100,7 +101,15 @@ class PrefixWatch:
         else:
             self._by_key[key] = (*self._by_key.get(key, ()), listener)
         if self.synced:
-            self._call(listener, PrefixUpdate((), self.state, self.revision, resynced=True))
+            self._call(listener, self._current_view())
+
+    def _current_view(self) -> PrefixUpdate:
+        """The state now as a resync update; one object per revision, so listeners
+        added at the same revision can share what they derive from it."""
+        view = self._view
+        if view is None or view.revision != self.revision:
+            view = self._view = PrefixUpdate((), self.state, self.revision, resynced=True)
+        return view
 
     def remove(self, listener: Listener, key: bytes | None = None) -> None:
         """Remove a listener."""

@@ -36,8 +36,22 @@ class ServiceSnapshot:
     error: EtcdError | None = None
 
 
+class _LastChange:
+    """The services the last tracker computed for an update, so that the other
+    trackers of the same path (called one after another with the same update object)
+    reuse them: one decode per change, and one shared mapping, however many trackers
+    follow the path."""
+
+    update: PrefixUpdate | None = None
+    prefix: bytes = b""
+    before: Mapping[str, str] | None = None
+    after: Mapping[str, str] | None = None
+
+
 class ServiceTracker(Recipe[ServiceSnapshot]):
     """Follows the instances under ``path``; see the module docstring."""
+
+    __slots__ = ("_last", "_prefix", "_troubled", "path")
 
     def __init__(self, conn: Connector, path: str) -> None:
         super().__init__(conn)
@@ -68,13 +82,23 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
             self._troubled = True
             self._emit(ServiceSnapshot(self.services, update.revision, update.error))
             return
-        services = self._apply(update)
+        services = self._shared_apply(update)
         if services is not None:
-            self._last = MappingProxyType(services)
+            self._last = services
         elif not self._troubled:
             return  # no name or value changed, e.g. a re-put of the same value
         self._troubled = False  # a snapshot without error tells the problem is over
         self._emit(ServiceSnapshot(self.services, update.revision))
+
+    def _shared_apply(self, update: PrefixUpdate) -> Mapping[str, str] | None:
+        """:meth:`_apply`, computed once for all trackers with the same path and view."""
+        memo = _LastChange
+        if memo.update is update and memo.prefix == self._prefix and memo.before is self._last:
+            return memo.after
+        changed = self._apply(update)
+        after = MappingProxyType(changed) if changed is not None else None
+        memo.update, memo.prefix, memo.before, memo.after = update, self._prefix, self._last, after
+        return after
 
     def _apply(self, update: PrefixUpdate) -> dict[str, str] | None:
         """The services after ``update``, or None when they did not change. Watch
