@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
-from geventc import Client
+import geventc
+from geventc import Client, Instance, Registry, Resolver
 from geventc.errors import AuthenticationFailed, PermissionDenied
 from geventc.testing import ROOT_PASSWORD, EtcdServer
 
@@ -144,3 +145,86 @@ def test_secrets_never_leak(auth_server: EtcdServer, caplog: pytest.LogCaptureFi
         assert ALICE_PASSWORD not in text
         assert token not in text
     client.close()
+
+
+def test_recipes_work_inside_a_limited_users_namespace(auth_server: EtcdServer) -> None:
+    """alice may only touch /alice/: with the namespace, every recipe works there, and
+    the raw client still gets PermissionDenied outside it."""
+    options = {"username": "alice", "password": ALICE_PASSWORD}
+    with geventc.connect(auth_server.endpoints, "/alice", **options) as conn:
+        key = conn.ephemeral_key("/rbac/eph")
+        key.create("here", ttl=5)
+        elector = conn.leader_elector("/rbac/election", "me", ttl=5)
+        events = elector.start()
+        first = events.get(timeout=10)
+        assert isinstance(first, geventc.ElectionEvent) and first.status.value == "LEADER"
+        assert elector.txn([geventc.Op.put("/rbac/log", "fenced")]).succeeded
+        tracker = conn.service_tracker("/rbac")
+        snapshot = tracker.start().get(timeout=10)
+        assert isinstance(snapshot, geventc.ServiceSnapshot) and snapshot.services["eph"] == "here"
+        with Registry(conn, prefix="/reg", ttl=5) as registry:
+            registry.register(Instance("echo", "127.0.0.1:9000"))
+            resolver = Resolver(conn, prefix="/reg")
+            assert [i.address for i in resolver.resolve("echo")] == ["127.0.0.1:9000"]
+        config = conn.config("/rbac/")
+        config.start()
+        assert config.get("log") == "fenced"
+        with pytest.raises(PermissionDenied):
+            conn.client.get("/bob/x")
+        for recipe in (key, elector, tracker, config):
+            recipe.stop()
+    with Client(auth_server.endpoints, username="root", password=ROOT_PASSWORD) as root:
+        assert root.get_prefix("/alice/rbac/eph").count == 0  # released on stop
+
+
+def test_no_secret_reaches_any_log_repr_or_error(auth_server: EtcdServer) -> None:
+    """Everything logged at every level by every logger (urllib3 included) during an
+    auth run with recipes, a token renewal and failures is searched for the password
+    and each token used."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler, root_logger = Keep(logging.DEBUG), logging.getLogger()
+    old_level = root_logger.level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.DEBUG)
+    texts: list[str] = []
+    tokens: set[str] = set()
+    try:
+        with geventc.connect(
+            auth_server.endpoints, "/alice", username="alice", password=ALICE_PASSWORD
+        ) as conn:
+            key = conn.ephemeral_key("/leak/k")
+            key.create("v", ttl=3)
+            tracker = conn.service_tracker("/leak")
+            tracker.start().get(timeout=10)
+            tokens.add(conn.client.transport.token or "")
+            time.sleep(TOKEN_TTL + 1.5)  # idle: the token expires; the next call renews it
+            conn.put("/leak/after", "1")
+            tokens.add(conn.client.transport.token or "")
+            texts += [repr(x) for x in (conn, conn.client, conn.client.transport, key, tracker)]
+            try:
+                conn.client.put("/bob/x", "1")
+            except PermissionDenied as exc:
+                texts += [str(exc), repr(exc), repr(vars(exc))]
+            key.stop()
+            tracker.stop()
+        wrong = Client(auth_server.endpoints, username="alice", password="x" + ALICE_PASSWORD)
+        try:
+            wrong.get("/alice/x")
+        except AuthenticationFailed as exc:
+            texts += [str(exc), repr(exc), repr(vars(exc))]
+        wrong.close()
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(old_level)
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    texts += [formatter.format(record) for record in records]
+    assert len(records) > 3 and tokens and "" not in tokens
+    for text in texts:
+        assert ALICE_PASSWORD not in text
+        for token in tokens:
+            assert token not in text
