@@ -76,3 +76,30 @@ def test_tls_config_validation(tls_server: EtcdServer) -> None:
         TLSConfig(files.ca_file, cert_file=files.client_cert)
     with pytest.raises(InvalidArgument, match="https"):
         Client(["http://127.0.0.1:2379"], tls=TLSConfig(files.ca_file))
+
+
+@pytest.mark.cluster
+def test_tls_only_cluster_with_client_certificates_fails_over() -> None:
+    """A 3-member cluster serving TLS only (peers too): client certificates work,
+    recipes work, a killed member is left for the others over TLS, and plain http to
+    any member fails with a message that says to use https."""
+    import geventc
+    from geventc.testing import EtcdCluster
+
+    with EtcdCluster(size=3, tls=True, fsync=False) as cluster:
+        assert all(e.startswith("https://") for e in cluster.endpoints)
+        with geventc.connect(cluster.endpoints, "/tls", tls=cluster.client_tls()) as conn:
+            key = conn.ephemeral_key("/svc/a")
+            key.create("up", ttl=5)
+            first = conn.client.transport.current_endpoint
+            killed = cluster.kill(cluster.endpoints.index(first))
+            kv = conn.get("/svc/a")
+            assert kv is not None and kv.value == b"up"
+            assert conn.client.transport.current_endpoint != first
+            key.stop()
+        for endpoint in cluster.endpoints:
+            if endpoint == killed.client_url:
+                continue
+            plain = endpoint.replace("https://", "http://")
+            with pytest.raises(ConnectionFailed, match="https"):
+                Client([plain], timeout=2).get("/tls/x")
