@@ -28,21 +28,24 @@ log = logging.getLogger("geventc")
 class Channel(Generic[T]):
     """A closable, never-blocking queue of recipe events; iterate it to consume."""
 
+    __slots__ = ("_closed", "_items", "_latest_only", "_maxsize", "_ready", "dropped")
+
     def __init__(self, maxsize: int | None = None, *, latest_only: bool = False) -> None:
         if maxsize is not None and (
             isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1
         ):
             raise InvalidArgument("maxsize must be a positive int or None (unbounded)")
-        self._items: deque[T] = deque()
+        # both made on first use: thousands of recipes keep idle channels cheaply
+        self._items: deque[T] | None = None
+        self._ready: Event | None = None
         self._maxsize = 1 if latest_only else maxsize
         self._latest_only = latest_only
-        self._ready = Event()
         self._closed = False
         self.dropped = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"Channel({state}, pending={len(self._items)}, dropped={self.dropped})"
+        return f"Channel({state}, pending={len(self)}, dropped={self.dropped})"
 
     @property
     def closed(self) -> bool:
@@ -50,31 +53,41 @@ class Channel(Generic[T]):
         return self._closed
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items else 0
 
     def put(self, item: T) -> None:
         """Add an event; never blocks. Ignored once the channel is closed."""
         if self._closed:
             return
+        if self._items is None:
+            self._items = deque()
         if self._maxsize is not None and len(self._items) >= self._maxsize:
             self._items.popleft()
             if not self._latest_only:
                 self.dropped += 1
                 log.warning("channel full: dropped its oldest event (%d so far)", self.dropped)
         self._items.append(item)
-        self._ready.set()
+        if self._ready is not None:
+            self._ready.set()
 
     def close(self) -> None:
         """End the channel: iteration stops once the pending events are read."""
         self._closed = True
-        self._ready.set()
+        if self._ready is not None:
+            self._ready.set()
 
     def get(self, timeout: float | None = None) -> T:
         """The next event; raises :class:`ChannelClosed` when closed and drained, or
         ``gevent.Timeout`` after ``timeout`` seconds."""
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout
+        ):
+            raise InvalidArgument(f"timeout must be a number of seconds or None, not {timeout!r}")
         while not self._items:
             if self._closed:
                 raise ChannelClosed("the channel is closed")
+            if self._ready is None:
+                self._ready = Event()
             self._ready.clear()
             if not self._ready.wait(timeout):
                 raise gevent.Timeout(timeout)

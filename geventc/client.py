@@ -305,7 +305,7 @@ class Client:
             body["prev_kv"] = True
         if validate.boolean(progress_notify, "progress_notify"):
             body["progress_notify"] = True
-        if isinstance(filters, str | bytes):
+        if isinstance(filters, str | bytes) or not isinstance(filters, Iterable):
             raise InvalidArgument("filters must be a list such as ['NODELETE']")
         chosen = [validate.choice(f, "filter", WATCH_FILTERS) for f in filters]
         if chosen:

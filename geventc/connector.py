@@ -56,7 +56,7 @@ def prepare_endpoint_list(hosts: Iterable[str], port: int, scheme: str = "http")
     if isinstance(hosts, str) or not isinstance(hosts, Iterable):
         raise InvalidArgument("hosts must be a list of host names or addresses")
     validate.integer(port, "port", minimum=1, maximum=65535)
-    validate.choice(scheme, "scheme", ("HTTP", "HTTPS"))
+    scheme = validate.choice(scheme, "scheme", ("HTTP", "HTTPS"))
     endpoints = []
     for host in hosts:
         if not isinstance(host, str) or not host.strip() or "/" in host:
@@ -195,6 +195,10 @@ class Connector:
 
     def txn_guard(self, elector: LeaderElector) -> Comparison:
         """The comparison that lets a txn succeed only while ``elector`` leads."""
+        from .recipes.election import LeaderElector
+
+        if not isinstance(elector, LeaderElector):
+            raise InvalidArgument("txn_guard() takes a LeaderElector")
         return elector.guard()
 
     # --- namespaced KV -----------------------------------------------------------------

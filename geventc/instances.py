@@ -37,7 +37,8 @@ def split_address(address: Any) -> tuple[str, int]:
     if not isinstance(address, str):
         raise InvalidArgument(f"address must be a 'host:port' str, not {type(address).__name__}")
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5  # not '²'
+    if not sep or not digits or not 0 < int(port_text) < 65536:
         raise InvalidArgument(f"address {address!r} must be host:port with a port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -107,6 +108,12 @@ class Instance:
             isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
         ):
             raise InvalidArgument("tags must be a mapping of str to str")
+        try:  # it must have a UTF-8 form to be stored
+            "".join(
+                (self.service, self.address, self.network, *self.tags, *self.tags.values())
+            ).encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument("an instance's texts must not hold lone surrogates") from None
         object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
 
     def __hash__(self) -> int:
@@ -152,7 +159,7 @@ class Instance:
         elif host in UNSPECIFIED_HOSTS:
             host = first_ipv4()
         if env_port:
-            if not env_port.isdigit():
+            if not (env_port.isascii() and env_port.isdigit() and len(env_port) <= 5):
                 raise InvalidArgument(f"{ENV_PORT}={env_port!r} is not a port number")
             port = int(env_port)
         address = join_address(host, port)
@@ -189,6 +196,9 @@ def go_string_map(tags: Mapping[str, str]) -> str:
 
 def encode(instance: Instance, fmt: str = "kitex") -> bytes:
     """The stored value of ``instance`` in format ``fmt``."""
+    if not isinstance(instance, Instance):
+        raise InvalidArgument(f"encode() takes a geventc.Instance, not {type(instance).__name__}")
+    _check_format(fmt)
     fields = (
         f'"network":{go_string(instance.network)},"address":{go_string(instance.address)},'
         f'"weight":{instance.weight},"tags":{go_string_map(instance.tags)}'
@@ -207,6 +217,11 @@ def decode(
 ) -> Instance:
     """The instance a stored value describes; ``weight <= 0`` becomes ``default_weight``.
     Raises :class:`ProtocolError` for a malformed value."""
+    if not isinstance(value, bytes | bytearray | str):
+        raise InvalidArgument(f"value must be bytes, not {type(value).__name__}")
+    _check_format(fmt)
+    if type(default_weight) is not int or default_weight < 1:  # bool is not a weight
+        raise InvalidArgument("default_weight must be a positive int")
     try:
         data = json.loads(value)
         if not isinstance(data, dict):
@@ -226,5 +241,10 @@ def decode(
             weight=weight if weight > 0 else default_weight,
             tags=details.get("tags") or {},
         )
-    except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, InvalidArgument) as exc:
         raise ProtocolError(f"malformed {fmt} instance value {value[:100]!r}: {exc}") from None
+
+
+def _check_format(fmt: object) -> None:
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -32,7 +32,10 @@ class Namespace:
             raise InvalidArgument(
                 f"namespace {name!r} must be non-empty segments separated by single '/'"
             )
-        self.root = ("/" + "/".join(parts)).encode()
+        try:
+            self.root = ("/" + "/".join(parts)).encode()
+        except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form
+            raise InvalidArgument(f"namespace {name!r} has a lone surrogate") from None
 
     def __repr__(self) -> str:
         return f"Namespace({self.root.decode()!r})"

@@ -52,7 +52,7 @@ def _ttl_from_env(ttl: int | None) -> int:
     text = os.environ.get(ENV_TTL)
     if text is None:
         return DEFAULT_TTL
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) < 1:
         raise InvalidArgument(f"{ENV_TTL}={text!r} must be a positive number of seconds")
     return int(text)
 

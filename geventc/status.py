@@ -90,7 +90,7 @@ def error_from_response(status: int, data: bytes, endpoint: str) -> errors.EtcdE
     """The exception for a non-200 gateway answer with body ``data``."""
     try:
         decoded = json.loads(data) if data else None
-    except ValueError:
+    except (ValueError, RecursionError):
         decoded = None
     error = error_from_object(decoded, endpoint)
     if error is not None:

@@ -25,6 +25,7 @@ import urllib3
 import urllib3.util.ssl_ as urllib3_ssl
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    EmptyPoolError,
     HTTPError,
     NewConnectionError,
     ReadTimeoutError,
@@ -40,6 +41,16 @@ log = logging.getLogger("geventc")
 HEADERS = {"Content-Type": "application/json", "Grpc-Metadata-Hasleader": "true"}
 BACKOFF_FIRST = 0.025
 BACKOFF_MAX = 0.5
+#: Requests that never wait for a free pooled connection: a lease renewal stuck behind
+#: thousands of queued writes would let the lease (and every key on it) expire.
+PRIORITY_PATHS = frozenset(
+    {"/v3/lease/keepalive", "/v3/lease/grant", "/v3/lease/revoke", "/v3/auth/authenticate"}
+)
+#: Answers (and watch messages) larger than this are refused with ProtocolError; set
+#: ``Transport.max_response_bytes`` higher to read huge prefixes in one call.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: How long after an attempt's deadline an answer still trickling in is cut off.
+DEADLINE_GRACE = 0.05
 
 
 def ensure_patched() -> None:
@@ -115,6 +126,8 @@ class Transport:
     connection attempt. The password is kept only to renew the token and never shown.
     """
 
+    max_response_bytes = MAX_RESPONSE_BYTES
+
     def __init__(
         self,
         endpoints: Any,
@@ -152,8 +165,13 @@ class Transport:
         #: HTTP requests sent so far (every attempt and every stream opened)
         self.requests = 0
         options = (tls or TLSConfig()).pool_options() if secure else {}
-        self._pool_options = {"maxsize": pool_size, "block": False, **options}
+        # Requests share at most ``pool_size`` kept-alive connections per endpoint (a
+        # caller waits for a free one, within its deadline); watch streams hold their
+        # connection for their whole life, so they come from a separate pool that
+        # never blocks.
+        self._pool_options = {"maxsize": pool_size, **options}
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._stream_pools: dict[str, urllib3.HTTPConnectionPool] = {}
 
     def __repr__(self) -> str:
         user = f", username={self.username!r}" if self.username else ""
@@ -169,8 +187,9 @@ class Transport:
     def close(self) -> None:
         """Close every pooled connection; later calls raise :class:`ClientClosed`."""
         self._closed = True
-        pools, self._pools = self._pools, {}
-        for pool in pools.values():
+        pools = [*self._pools.values(), *self._stream_pools.values()]
+        self._pools, self._stream_pools = {}, {}
+        for pool in pools:
             pool.close()
 
     def call(
@@ -189,8 +208,36 @@ class Transport:
         """
         payload = json.dumps(body, separators=(",", ":")).encode()
         deadline = time.monotonic() + (timeout or self.timeout)
-        response, target = self._authorised(path, payload, write, endpoint, deadline)
-        return _decode_answer(bytes(response.data), target)
+        for tried in range(1, len(self.endpoints) + 1):
+            try:
+                response, target = self._authorised(path, payload, write, endpoint, deadline)
+                return _decode_answer(bytes(response.data), target)
+            except errors.ProtocolError as exc:
+                self._not_understood(exc, path, write, endpoint, deadline, tried)
+        raise AssertionError("unreachable")
+
+    def _not_understood(
+        self,
+        error: errors.ProtocolError,
+        path: str,
+        write: bool,
+        pinned: str | None,
+        deadline: float,
+        tried: int,
+    ) -> None:
+        """After an answer that is not etcd's (garbled, truncated, an HTML page, too
+        large): move away from its endpoint. A write was sent, so it raises
+        IndeterminateWrite; a read returns to be tried once on each other endpoint."""
+        if pinned is None and error.endpoint:
+            self.mark_failed(error.endpoint)
+        if write:
+            raise errors.IndeterminateWrite(
+                f"the write to {path} was sent but its answer was not understood "
+                f"({error.message}); it may or may not have been applied",
+                endpoint=error.endpoint,
+            ) from error
+        if pinned is not None or tried >= len(self.endpoints) or time.monotonic() >= deadline:
+            raise error
 
     def get(self, path: str, endpoint: str | None = None, timeout: float | None = None) -> Any:
         """GET ``path`` (``/health``, ``/version``) and return its JSON, whatever the
@@ -199,15 +246,27 @@ class Transport:
         self._check_open()
         self.requests += 1
         limit = timeout or self.timeout
+        timer = gevent.Timeout.start_new(limit + DEADLINE_GRACE)  # a trickled answer too
         try:
             response = self._pool(target).urlopen(
-                "GET", path, headers=HEADERS, timeout=self._timeouts(limit), retries=False
+                "GET",
+                path,
+                headers=HEADERS,
+                timeout=self._timeouts(limit),
+                retries=False,
+                preload_content=False,
+                pool_timeout=limit,  # type: ignore[arg-type]  # a float works (queue.get)
             )
-        except (HTTPError, OSError) as exc:
+            data = _read_body(response, self.max_response_bytes, target)
+        except (HTTPError, OSError, gevent.Timeout) as exc:
+            if isinstance(exc, gevent.Timeout) and exc is not timer:
+                raise
             raise _transport_error(exc, target, write=False) from None
+        finally:
+            timer.close()
         try:
-            return json.loads(response.data)
-        except ValueError:
+            return json.loads(data)
+        except (ValueError, RecursionError):
             raise errors.ProtocolError(f"{path} did not answer JSON", endpoint=target) from None
 
     def open_stream(
@@ -321,6 +380,10 @@ class Transport:
                 return response, target
             except _Retryable as failure:
                 error = failure.error
+            except errors.IndeterminateWrite:
+                if endpoint is None:
+                    self.mark_failed(target)  # the next call tries another endpoint
+                raise
             tried += 1
             if endpoint is None:
                 self.mark_failed(target)
@@ -350,8 +413,10 @@ class Transport:
         self.requests += 1
         if not write and not stream and len(self.endpoints) > 1:
             remaining = min(remaining, max(self.timeout / 2, self.connect_timeout))
+        # urllib3's timeouts bound each socket operation; this bounds a trickled answer
+        timer = gevent.Timeout.start_new(remaining + DEADLINE_GRACE)
         try:
-            response = self._pool(target).urlopen(
+            response = self._pool(target, stream=stream or path in PRIORITY_PATHS).urlopen(
                 "POST",
                 path,
                 body=payload,
@@ -359,16 +424,29 @@ class Transport:
                 timeout=self._timeouts(remaining, stream=stream),
                 retries=False,
                 redirect=False,
-                preload_content=not stream,
+                preload_content=False,
+                pool_timeout=remaining,  # type: ignore[arg-type]  # a float works (queue.get)
             )
-        except (HTTPError, OSError) as exc:
+            if not stream or response.status != 200:
+                _read_body(response, self.max_response_bytes, target)
+        except EmptyPoolError:
+            raise errors.Timeout(
+                f"no free connection within the deadline (all {self._pool_options['maxsize']} "
+                "of pool_size are busy)",
+                endpoint=target,
+            ) from None
+        except (HTTPError, OSError, gevent.Timeout) as exc:
+            if isinstance(exc, gevent.Timeout) and exc is not timer:
+                raise
             error = _transport_error(exc, target, write)
             if isinstance(exc, SSLError) or isinstance(error, errors.IndeterminateWrite):
                 raise error from None  # a TLS set-up error is not cured by another try
             raise _Retryable(error) from None
+        finally:
+            timer.close()
         if response.status == 200:
             return response
-        data = response.data if not stream else response.read()
+        data = response.data
         response.release_conn()
         error = status.error_from_response(response.status, data, target)
         if isinstance(error, errors.NoLeader | errors.TooManyRequests):
@@ -384,12 +462,15 @@ class Transport:
             raise _Retryable(error)
         raise error
 
-    def _pool(self, endpoint: str) -> urllib3.HTTPConnectionPool:
-        """The keep-alive connection pool of ``endpoint`` (one per endpoint)."""
-        pool = self._pools.get(endpoint)
+    def _pool(self, endpoint: str, *, stream: bool = False) -> urllib3.HTTPConnectionPool:
+        """The keep-alive connection pool of ``endpoint`` for requests (blocking when
+        every connection is busy) or for watch streams and the requests that must not
+        queue behind bulk traffic (never blocking)."""
+        pools = self._stream_pools if stream else self._pools
+        pool = pools.get(endpoint)
         if pool is None:
-            pool = urllib3.connection_from_url(endpoint, **self._pool_options)
-            self._pools[endpoint] = pool
+            pool = urllib3.connection_from_url(endpoint, block=not stream, **self._pool_options)
+            pools[endpoint] = pool
         return pool
 
     def _timeouts(self, remaining: float, *, stream: bool = False) -> urllib3.Timeout:
@@ -431,7 +512,7 @@ def _transport_error(exc: BaseException, target: str, write: bool) -> errors.Etc
             "it may or may not have been applied",
             endpoint=target,
         )
-    if isinstance(exc, ReadTimeoutError | TimeoutError):
+    if isinstance(exc, ReadTimeoutError | TimeoutError | gevent.Timeout):
         return errors.Timeout("no answer within the deadline", endpoint=target)
     if "without response" in str(exc) and target.startswith("http://"):
         return errors.ConnectionFailed(
@@ -443,6 +524,8 @@ def _transport_error(exc: BaseException, target: str, write: bool) -> errors.Etc
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, gevent.Timeout):
+        return f"the answer was not complete after {exc.seconds:.2f}s"
     text = str(exc)
     if "Connection refused" in text:
         return "connection refused"
@@ -455,7 +538,7 @@ def _decode_answer(data: bytes, endpoint: str) -> JSON:
         text = data.decode("utf-8")
         first = text.lstrip().split("\n", 1)[0] if text.lstrip().startswith('{"result"') else text
         decoded = json.loads(first) if first.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         raise errors.ProtocolError("etcd answered malformed JSON", endpoint=endpoint) from None
     if not isinstance(decoded, dict):
         raise errors.ProtocolError("etcd answered JSON that is not an object", endpoint=endpoint)
@@ -465,4 +548,26 @@ def _decode_answer(data: bytes, endpoint: str) -> JSON:
     result = decoded.get("result", decoded)
     if not isinstance(result, dict):
         raise errors.ProtocolError("etcd's stream result is not an object", endpoint=endpoint)
+    if not isinstance(result.get("header", {}), dict):
+        raise errors.ProtocolError("etcd's answer has a malformed header", endpoint=endpoint)
     return result
+
+
+def _read_body(response: urllib3.BaseHTTPResponse, limit: int, endpoint: str) -> bytes:
+    """Read a whole answer (then also ``response.data``), refusing one over ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read(65536):
+        size += len(chunk)
+        if size > limit:
+            response.close()  # the rest is never read: the connection cannot be reused
+            response.release_conn()
+            raise errors.ProtocolError(
+                f"etcd's answer is larger than {limit} bytes (Transport.max_response_bytes)",
+                endpoint=endpoint,
+            )
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    response._body = data  # type: ignore[attr-defined]  # what response.data returns
+    response.release_conn()
+    return data

@@ -28,7 +28,10 @@ def _type_name(value: object) -> str:
 def to_bytes(value: Any, name: str, *, allow_empty: bool = False) -> bytes:
     """``value`` as bytes: ``str`` is UTF-8 encoded, ``bytes``/``bytearray`` copied."""
     if isinstance(value, str):
-        data = value.encode("utf-8")
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form
+            raise InvalidArgument(f"{name} has a lone surrogate: it is not valid text") from None
     elif isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
     else:
@@ -87,8 +90,8 @@ def lease_ref(lease: Any, *, required: bool = False, name: str = "lease") -> int
     unless ``required``."""
     if lease is None and not required:
         return 0
-    if isinstance(lease, Lease):
-        return lease.id
+    if isinstance(lease, Lease):  # its id is checked too: a Lease can be built by hand
+        return integer(lease.id, f"{name}.id", minimum=1 if required else 0)
     return integer(lease, name, minimum=1 if required else 0)
 
 
@@ -96,9 +99,13 @@ def positive_number(value: Any, name: str) -> float:
     """A positive int or float (bool rejected), such as a timeout in seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"{name} must be a positive number, not {_type_name(value)}")
-    if not value > 0 or value != value or value == float("inf"):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = float("inf")
+    if not 0 < number < float("inf"):  # nan compares false too
         raise InvalidArgument(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def boolean(value: Any, name: str) -> bool:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import gevent
 import urllib3
 from urllib3.exceptions import HTTPError
 
@@ -55,7 +56,11 @@ class WatchStream:
         self.created_revision = 0
         #: applied to every batch before it is yielded (a connector strips its namespace)
         self.transform: Callable[[WatchResponse], WatchResponse] | None = None
-        self._connect(time.monotonic() + transport.timeout)
+        try:
+            self._establish(time.monotonic() + transport.timeout)
+        except BaseException:
+            self._fail()  # never leave the stream's connection open
+            raise
 
     def __repr__(self) -> str:
         key = wire.unb64(self._request.get("key"))
@@ -122,6 +127,18 @@ class WatchStream:
 
     # --- internals -------------------------------------------------------------------
 
+    def _establish(self, deadline: float) -> None:
+        """The first connection: a stream that breaks or garbles before the watch is
+        confirmed is tried once on each other endpoint, within ``deadline``."""
+        for tried in range(1, len(self._transport.endpoints) + 1):
+            try:
+                self._connect(deadline)
+                return
+            except (_StreamEnded, HTTPError, OSError, errors.ProtocolError, errors.Timeout) as exc:
+                self._broken(exc)
+                if tried >= len(self._transport.endpoints) or time.monotonic() >= deadline:
+                    raise _as_error(exc, self._endpoint) from None
+
     def _connect(self, deadline: float) -> None:
         body = dict(self._request)
         if self.start_revision:
@@ -131,11 +148,13 @@ class WatchStream:
         )
         self._response, self._endpoint, self._buffer = response, endpoint, b""
         self._token = self._transport.token
-        while True:
-            created = self._decode(self._next_message())
-            self._check_cancel(created)
-            if created.created:
-                break
+        late = errors.Timeout("etcd did not confirm the watch in time", endpoint=endpoint)
+        with gevent.Timeout(max(0.001, deadline - time.monotonic()), late):
+            while True:
+                created = self._decode(self._next_message())
+                self._check_cancel(created)
+                if created.created:
+                    break
         if created.header.revision < self._seen_revision:
             raise errors.Compacted(
                 f"etcd's revision went back from {self._seen_revision} to "
@@ -158,8 +177,9 @@ class WatchStream:
             self.start_revision,
         )
         self._drop_connection()
-        if self._endpoint:
-            self._transport.mark_failed(self._endpoint)
+        failed = getattr(cause, "endpoint", None) or self._endpoint  # the stream's, or its POST's
+        if failed:
+            self._transport.mark_failed(failed)
 
     def _accept(self, message: Any) -> WatchResponse | None:
         response = self._decode(message)
@@ -213,12 +233,17 @@ class WatchStream:
             if not chunk:
                 raise _StreamEnded("etcd closed the watch stream")
             self._buffer += chunk
+            if len(self._buffer) > self._transport.max_response_bytes:
+                raise errors.ProtocolError(
+                    "a watch message is larger than Transport.max_response_bytes",
+                    endpoint=self._endpoint,
+                )
         line, self._buffer = self._buffer.split(b"\n", 1)
         if not line.strip():
             return self._next_message()
         try:
             return json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise errors.ProtocolError("malformed watch message", endpoint=self._endpoint) from None
 
     def _interrupt(self) -> None:
@@ -250,6 +275,7 @@ _TRANSIENT = (
     errors.Unavailable,
     errors.ConnectionFailed,
     errors.Timeout,
+    errors.ProtocolError,  # a garbled message: resume on the next endpoint
     _StreamEnded,
 )
 

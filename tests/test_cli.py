@@ -375,7 +375,10 @@ def test_connection_failures_are_one_line() -> None:
     gevent.joinall(runs, raise_error=True)
     for command, done in zip(commands, (r.value for r in runs), strict=True):
         assert done.code == 1, (command, done)
-        assert_error_line(done.stderr, "cannot connect")
+        # refused until the 1 s deadline; on a loaded machine the deadline may strike
+        # first, which is reported as such (still one line)
+        reason = "cannot connect" if "cannot connect" in done.stderr else "deadline"
+        assert_error_line(done.stderr, reason)
     assert time.monotonic() - started < 10
 
 

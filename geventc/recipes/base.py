@@ -12,7 +12,7 @@ import gevent
 from gevent.pool import Group
 
 from ..channel import Channel
-from ..errors import EtcdError, RecipeStateError
+from ..errors import EtcdError, InvalidArgument, RecipeStateError
 
 if TYPE_CHECKING:
     from ..connector import Connector
@@ -36,10 +36,20 @@ class RecipeError:
 class Recipe(Generic[E]):
     """Base of the recipes: a channel, a group of greenlets and a life cycle."""
 
+    __slots__ = (
+        "__weakref__",
+        "_channel",
+        "_conn",
+        "_group",
+        "_owns_channel",
+        "_running",
+        "_stopped",
+    )
+
     def __init__(self, conn: Connector) -> None:
         self._conn = conn
         self._channel: Channel[E | RecipeError] | None = None
-        self._greenlets = Group()
+        self._group: Group | None = None  # made when the recipe first spawns
         self._running = False
         self._stopped = False
         self._owns_channel = True
@@ -69,6 +79,8 @@ class Recipe(Generic[E]):
             raise RecipeStateError(
                 f"{type(self).__name__} was already started; make a new one to start again"
             )
+        if channel is not None and not isinstance(channel, Channel):
+            raise InvalidArgument("channel must be a geventc.Channel or None")
         self._owns_channel = channel is None
         own: Channel[E | RecipeError] = (
             channel if channel is not None else Channel(maxsize, latest_only=latest_only)
@@ -85,9 +97,11 @@ class Recipe(Generic[E]):
         self._running = False
         self._stopped = True
         current = gevent.getcurrent()
-        if isinstance(current, gevent.Greenlet) and current in self._greenlets:
-            self._greenlets.discard(current)  # stopped from its own greenlet: finish the call
-        self._greenlets.kill(block=True, timeout=STOP_TIMEOUT / 3)
+        group = self._group
+        if group is not None:
+            if isinstance(current, gevent.Greenlet) and current in group:
+                group.discard(current)  # stopped from its own greenlet: finish the call
+            group.kill(block=True, timeout=STOP_TIMEOUT / 3)
         with gevent.Timeout(STOP_TIMEOUT, False):  # type: ignore[arg-type]
             try:
                 self._release()
@@ -99,6 +113,13 @@ class Recipe(Generic[E]):
 
     def _release(self) -> None:
         """Give back what the recipe holds on the server (override)."""
+
+    @property
+    def _greenlets(self) -> Group:
+        """The recipe's greenlets (killed by :meth:`stop`)."""
+        if self._group is None:
+            self._group = Group()
+        return self._group
 
     def _finish(self) -> None:
         """End the recipe from one of its own greenlets (after a fatal error)."""
