@@ -5,7 +5,9 @@ that TTL (one keep-alive request per TTL/3 for all keys with the TTL), failing w
 :class:`KeyExists` when someone else holds the key. Its channel reports when the key is
 lost (lease expired, key deleted by someone else) and when it is re-established; a
 watch on the key's parent path notices a deletion at once. ``delete()`` removes the key
-and releases its share of the lease without touching the other keys on it.
+and releases its share of the lease without touching the other keys on it (if etcd
+does not answer then, the deletion goes on in the background until it is done or the
+shared lease ends).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .. import validate
 from ..channel import Channel
 from ..errors import EtcdError, InvalidArgument, KeyExists, RecipeStateError, RetriesExhausted
 from ..lease import KeptLease, LeaseState
-from ..retry import RetryPolicy
+from ..retry import Backoff, RetryPolicy
 from ..txn import Compare, Op
 from ..watch import PrefixUpdate
 from ..wire import RangeResult
@@ -58,6 +60,18 @@ def parent_prefix(key: bytes) -> bytes:
 class EphemeralKey(Recipe[EphemeralEvent]):
     """A key kept alive by a shared lease; see the module docstring."""
 
+    # slots: a process may hold tens of thousands of these
+    __slots__ = (
+        "_claimed_at",
+        "_held",
+        "_lease",
+        "_reclaiming",
+        "_value",
+        "key",
+        "overwrite",
+        "retry",
+    )
+
     def __init__(
         self,
         conn: Connector,
@@ -77,10 +91,14 @@ class EphemeralKey(Recipe[EphemeralEvent]):
         self._held = False
         self._claimed_at = 0  # the revision at which we last (re)created the key
         self._reclaiming = False
-        self._watched = parent_prefix(self.key)
 
     def __repr__(self) -> str:
         return f"EphemeralKey({self.key!r})"
+
+    @property
+    def _watched(self) -> bytes:
+        """The prefix whose watch tells this key's deletion."""
+        return parent_prefix(self.key)
 
     def __enter__(self) -> EphemeralKey:
         return self
@@ -216,9 +234,28 @@ class EphemeralKey(Recipe[EphemeralEvent]):
         lease, self._lease = self._lease, None
         if lease is None:
             return
+        deleted = not (self._held and not self._conn.closing)  # closing revokes the lease
         try:
-            if self._held and not self._conn.closing:  # closing revokes the whole lease
+            if not deleted:
                 self._conn.txn([Compare.lease(self.key) == lease.id], [Op.delete(self.key)])
+                deleted = True
         finally:
+            if not deleted and lease.holders > 1:
+                # the other holders keep the shared lease (and so this key) alive: keep
+                # trying in the background, or the stopped key would stay for good
+                self._conn.group.spawn(_delete_later, self._conn, self.key, lease, lease.id)
             self._held = False
             self._conn.lease_keeper.release(lease, self._on_lease)
+
+
+def _delete_later(conn: Connector, key: bytes, lease: KeptLease, lease_id: int) -> None:
+    """Delete a stopped key that still sits on a shared lease, once etcd answers; give up
+    when the lease is gone (and the key with it) or the connector closes."""
+    backoff = Backoff(first=0.2, cap=2.0)
+    while not conn.closed and lease.id == lease_id and lease.state is not LeaseState.CLOSED:
+        try:
+            conn.txn([Compare.lease(key) == lease_id], [Op.delete(key)])
+            return
+        except EtcdError as exc:
+            log.info("deleting stopped key %r failed (%s); retrying", key, exc)
+            gevent.sleep(backoff.next())
