@@ -1,0 +1,269 @@
+"""S5: many service trackers in one process; streams, fan-out latency, CPU and RSS.
+
+``services`` services of ``instances`` instances each are written under the key
+prefix first (Kitex-style values). Then ``n`` subscribers follow them, subscriber ``i``
+following service ``i % services``:
+
+* geventc: ``conn.service_tracker(path).start()`` and one greenlet reading each
+  tracker's channel (the connector shares one watch stream per service path);
+* a peer: read the service's keys, then watch its prefix (etcd3gw ``watch_prefix``,
+  python-etcd3 ``add_watch_prefix_callback``, raw urllib3 a streaming ``POST
+  /v3/watch``), applying each event to its own copy; that is one watch per subscriber.
+
+Measured: time until every subscriber has its first snapshot; the watch streams and
+watchers etcd counts (``etcd_debugging_mvcc_watch_stream_total`` / ``..._watcher_total``
+at ``/metrics``, minus what was open before); RSS before and after (VmRSS after
+``gc.collect()``); CPU at rest over ``window`` seconds; then ``rounds`` times a put to one
+service (a plain urllib3 write, the same for everyone) and the time until the *last*
+subscriber of that service has delivered the new value, and ``fanout_rounds`` times one
+txn touching every service and the time until all ``n`` subscribers have it.
+
+Run through the suite: ``python benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from common import CpuWindow, Gateway, b64, for_each, instance_value, latency_ms
+from common import rss_kib as rss
+from peers import Peer, WatchEvent, make_peer
+
+NEW = "new"  # the instance name each round writes
+START_CALLERS = 64
+WAIT = 30.0  # the most a round or the start waits
+
+
+class Deliveries:
+    """Which subscribers have their first snapshot, and which have delivered the token
+    last written to their service."""
+
+    def __init__(self, n: int, services: int, instances: int) -> None:
+        self.service_of = [i % services for i in range(n)]
+        self.per_service = Counter(self.service_of)
+        self.instances = instances
+        self.synced = [False] * n
+        self.unsynced = n
+        self.all_synced = threading.Event()
+        self.token = [""] * services
+        self.got = [""] * n
+        self.pending = 0
+        self.done = threading.Event()
+        self.finished_at = 0.0
+
+    def arm(self, services: list[int], token: str) -> None:
+        """Expect ``token`` from every subscriber of ``services``."""
+        for service in services:
+            self.token[service] = token
+        self.pending = sum(self.per_service[s] for s in services)
+        self.done.clear()
+
+    def deliver(self, index: int, snapshot: Mapping[str, str]) -> None:
+        """Subscriber ``index`` delivered ``snapshot`` (instance name -> value)."""
+        if not self.synced[index] and len(snapshot) >= self.instances:
+            self.synced[index] = True
+            self.unsynced -= 1
+            if not self.unsynced:
+                self.all_synced.set()
+        token = self.token[self.service_of[index]]
+        if token and self.got[index] != token and snapshot.get(NEW) == token:
+            self.got[index] = token
+            self.pending -= 1
+            if not self.pending:
+                self.finished_at = time.perf_counter()
+                self.done.set()
+
+
+def trackers(impl: str, params: dict[str, Any]) -> dict[str, Any]:
+    """S5 for ``impl``."""
+    gateway = Gateway(params["endpoint"])
+    prefix = params["prefix"]
+    try:
+        gateway.put_many(
+            {
+                f"{prefix}svc{s}/inst{j}": instance_value(s * params["instances"] + j)
+                for s in range(params["services"])
+                for j in range(params["instances"])
+            }
+        )
+        deliveries = Deliveries(params["n"], params["services"], params["instances"])
+        if impl == "geventc":
+            return _measure(params, gateway, deliveries, _GeventcSubscribers(params))
+        return _measure(params, gateway, deliveries, _PeerSubscribers(impl, params))
+    finally:
+        gateway.delete_prefix(prefix)
+        gateway.close()
+
+
+class _GeventcSubscribers:
+    """ServiceTrackers of one connector, each read by a greenlet."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        import geventc
+
+        self.params = params
+        self.conn = geventc.connect([params["endpoint"]])
+        self.conn.get(params["prefix"] + "warm-up")
+
+    def start(self, deliveries: Deliveries) -> dict[str, Any]:
+        """Start the trackers, wait for their first state and weigh them; then start
+        one reading greenlet per tracker."""
+        import gevent
+
+        from geventc import ServiceSnapshot
+
+        started = time.perf_counter()
+        prefix = self.params["prefix"]
+        tracked = [self.conn.service_tracker(f"{prefix}svc{s}") for s in deliveries.service_of]
+        channels = [tracker.start() for tracker in tracked]
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not all(
+            len(t.services) >= deliveries.instances for t in tracked
+        ):
+            gevent.sleep(0.01)
+        figures = {
+            "first_state_s": round(time.perf_counter() - started, 3),
+            "rss_no_reader_kib": rss(),
+        }
+
+        def consume(index: int, channel: Any) -> None:
+            for item in channel:
+                if isinstance(item, ServiceSnapshot) and item.error is None:
+                    deliveries.deliver(index, item.services)
+
+        for index, channel in enumerate(channels):
+            gevent.spawn(consume, index, channel)
+        return figures
+
+    def extra(self) -> dict[str, Any]:
+        return {"client_streams": self.conn.hub.streams}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _PeerSubscribers:
+    """One read and one watch per subscriber, each keeping its own copy."""
+
+    def __init__(self, impl: str, params: dict[str, Any]) -> None:
+        self.params = params
+        self.peer: Peer = make_peer(impl, params["endpoint"])
+        self.peer.put(params["prefix"] + "warm-up", "")
+        self.cancels: list[Callable[[], None]] = []
+
+    def start(self, deliveries: Deliveries) -> dict[str, Any]:
+        """Read and watch for every subscriber, 64 at a time."""
+
+        def subscribe(index: int) -> None:
+            path = f"{self.params['prefix']}svc{deliveries.service_of[index]}/"
+            cut = len(path)
+            state = {k[cut:]: v for k, v in self.peer.get_prefix(path).items()}
+
+            def on_events(events: list[WatchEvent]) -> None:
+                for is_put, key, value in events:
+                    if is_put:
+                        state[key[cut:]] = value
+                    else:
+                        state.pop(key[cut:], None)
+                deliveries.deliver(index, state)
+
+            self.cancels.append(self.peer.watch_prefix(path, on_events))
+            deliveries.deliver(index, state)
+
+        for_each(list(range(len(deliveries.service_of))), START_CALLERS, subscribe)
+        return {}
+
+    def extra(self) -> dict[str, Any]:
+        return {"client_streams": len(self.cancels)}
+
+    def close(self) -> None:
+        for_each(self.cancels, START_CALLERS, lambda cancel: cancel())
+        self.peer.close()
+
+
+def _measure(
+    params: dict[str, Any], gateway: Gateway, deliveries: Deliveries, subscribers: Any
+) -> dict[str, Any]:
+    n, services = params["n"], params["services"]
+    streams_before, watchers_before = gateway.watch_counts()
+    rss_before = rss()
+    started = time.perf_counter()
+    try:
+        early = subscribers.start(deliveries)
+        synced = deliveries.all_synced.wait(WAIT)
+        sync_s = time.perf_counter() - started
+        time.sleep(params["settle"])
+        rss_after = rss()
+        streams, watchers = gateway.watch_counts()
+        cpu = CpuWindow()
+        time.sleep(params["window"])
+        cpu_at_rest = cpu.percent()
+        cpu = CpuWindow()
+        one = [
+            _round(gateway, deliveries, params, [r % services], f"r{r}")
+            for r in range(params["rounds"])
+        ]
+        cpu_per_delivery = cpu.cpu_seconds() / max(1, sum(not math.isnan(x) for x in one))
+        every = list(range(services))
+        fanout = [
+            _round(gateway, deliveries, params, every, f"f{r}")
+            for r in range(params["fanout_rounds"])
+        ]
+        figures = {
+            "subscribers": n,
+            "services": services,
+            "synced": synced,
+            "sync_s": round(sync_s, 3),
+            "streams": streams - streams_before,
+            "watchers": watchers - watchers_before,
+            **subscribers.extra(),
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+            "rss_per_subscriber_bytes": round((rss_after - rss_before) * 1024 / n, 1),
+            "rss_per_tracker_no_reader_bytes": round(
+                (early.get("rss_no_reader_kib", math.nan) - rss_before) * 1024 / n, 1
+            ),
+            "first_state_s": early.get("first_state_s", round(sync_s, 3)),
+            "cpu_percent_at_rest": round(cpu_at_rest, 3),
+            "cpu_us_per_delivery": round(cpu_per_delivery * 1e6 / max(1, n // services), 1),
+            "one_service": _latencies(one),
+            "every_service": _latencies(fanout),
+        }
+    finally:
+        closing = time.perf_counter()
+        subscribers.close()
+    figures["teardown_s"] = round(time.perf_counter() - closing, 3)
+    return figures
+
+
+def _round(
+    gateway: Gateway,
+    deliveries: Deliveries,
+    params: dict[str, Any],
+    services: list[int],
+    token: str,
+) -> float:
+    """Write ``token`` to ``services``; seconds until their last subscriber had it."""
+    deliveries.arm(services, token)
+    ops = [
+        {"request_put": {"key": b64(f"{params['prefix']}svc{s}/{NEW}"), "value": b64(token)}}
+        for s in services
+    ]
+    started = time.perf_counter()
+    gateway.post("/v3/kv/txn", {"success": ops})
+    if not deliveries.done.wait(WAIT):
+        return math.nan
+    return deliveries.finished_at - started
+
+
+def _latencies(seconds: list[float]) -> dict[str, Any]:
+    delivered = [s for s in seconds if not math.isnan(s)]
+    return {**latency_ms(delivered), "timeouts": len(seconds) - len(delivered)}
+
+
+SCENARIOS = {"trackers": trackers}

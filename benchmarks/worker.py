@@ -1,0 +1,100 @@
+"""Run one scenario with one implementation in this process and print one JSON line.
+
+    python benchmarks/worker.py IMPL SCENARIO 'JSON-PARAMS'
+
+IMPL is geventc, geventc-nc (coalescing off), raw, etcd3gw or etcd3; SCENARIO one of
+kv-seq, kv-conc, ephemeral, trackers, election, election-holder, registry. PARAMS
+carries at least ``endpoint`` and a fresh key ``prefix`` (see the scenario modules).
+The gateway implementations run in a gevent monkey-patched process; python-etcd3 runs
+unpatched with ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python``.
+
+With ``BENCH_PROFILE=/tmp/x.prof`` in the environment the scenario runs under cProfile
+and the statistics are written there (``python -m pstats /tmp/x.prof``).
+
+The last line printed is ``{"result": ...}``, ``{"skip": reason}`` when the peer cannot
+be imported, or ``{"error": ...}``. ``benchmarks/run.py`` starts one worker per
+implementation, scenario and repetition, so patching, threads, CPU and RSS never mix.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+GREEN = ("geventc", "geventc-nc", "raw", "etcd3gw")
+LIBRARIES = {"geventc-nc": "geventc", "raw": "urllib3"}
+MODULES = {
+    "kv-seq": "kv",
+    "kv-conc": "kv",
+    "ephemeral": "leases",
+    "trackers": "watchers",
+    "election": "recipes",
+    "election-holder": "recipes",
+    "registry": "recipes",
+}
+
+
+def prepare(impl: str) -> str | None:
+    """Patch (or not) for ``impl`` and import its library; the reason it cannot run."""
+    if impl in GREEN:
+        from gevent import monkey
+
+        monkey.patch_all()
+    else:
+        os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+    try:
+        importlib.import_module(LIBRARIES.get(impl, impl))
+    except Exception as exc:
+        return f"cannot import {LIBRARIES.get(impl, impl)}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def run(impl: str, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object this worker prints."""
+    reason = prepare(impl)
+    if reason:
+        return {"skip": reason}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers
+
+    started = time.perf_counter()
+    profile = os.environ.get("BENCH_PROFILE")
+    profiler = cProfile.Profile() if profile else None
+    try:
+        module = importlib.import_module(MODULES[scenario])
+        if profiler:
+            profiler.enable()
+        result = module.SCENARIOS[scenario](impl, params)
+    except Exception as exc:
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        if profiler and profile:
+            profiler.disable()
+            profiler.dump_stats(profile)
+    return {
+        "result": result,
+        "version": peers.version(impl),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def main(argv: list[str]) -> None:
+    """Parse the command line, run, print, and leave without waiting for stray threads."""
+    if len(argv) != 4:
+        print(__doc__, file=sys.stderr)
+        raise SystemExit(2)
+    output = run(argv[1], argv[2], json.loads(argv[3]))
+    print(json.dumps(output), flush=True)
+    sys.stderr.flush()
+    os._exit(0)  # python-etcd3's watch thread and gRPC would complain while exiting
+
+
+if __name__ == "__main__":
+    main(sys.argv)

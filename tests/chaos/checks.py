@@ -1,0 +1,560 @@
+"""The properties, checked over a recorded history (pure functions: records in,
+violations out; an empty list means the property held).
+
+Every check takes the whole history: what the harness did and read at the end (its
+``params``, ``healed``, ``observed-until`` and ``final-*`` records) and what every
+participant recorded. ``python -m tests.chaos.checks PROPERTY HISTORY.jsonl`` runs a
+check again on a saved history.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .history import Record, by_source, load
+
+LEADER = "LEADER"
+FOLLOWER = "FOLLOWER"
+
+
+def _one(records: Iterable[Record], ev: str) -> Record:
+    found = [r for r in records if r["src"] == "harness" and r["ev"] == ev]
+    if not found:
+        raise ValueError(f"the history has no harness {ev!r} record")
+    return found[-1]
+
+
+def _killed(records: Iterable[Record]) -> dict[str, float]:
+    """Process name -> when the harness killed it."""
+    return {r["proc"]: r["t"] for r in records if r["src"] == "harness" and r["ev"] == "kill"}
+
+
+def _spawned(records: Iterable[Record], slots: Iterable[str] | None = None) -> dict[str, Record]:
+    """Process name -> its spawn record (of the given slots)."""
+    wanted = None if slots is None else set(slots)
+    return {
+        r["proc"]: r
+        for r in records
+        if r["src"] == "harness" and r["ev"] == "spawn" and (wanted is None or r["slot"] in wanted)
+    }
+
+
+def _arg(spawn: Record, name: str) -> str:
+    args: list[str] = spawn["args"]
+    return args[args.index(name) + 1]
+
+
+def crashes(records: Iterable[Record]) -> list[str]:
+    """A participant that crashed is a violation of whatever it was doing."""
+    return [f"{r['src']} crashed: {r.get('error')}" for r in records if r["ev"] == "crash"]
+
+
+# --- property 1: leader safety -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Belief:
+    """A span during which a process believed it led with a lease it could trust."""
+
+    proc: str
+    start: float
+    end: float
+    token: int
+
+
+def beliefs(records: list[Record], until: float) -> dict[str, list[Belief]]:
+    """When each elector process believed it was the leader with a valid lease.
+
+    Exactly ``LeaderElector.is_leader`` as the instrumentation recorded its inputs:
+    the last status reported is LEADER, the kept lease is the one the election key is
+    on, it is not LOST (or closed), and now < its deadline (send time of the last
+    renewal that succeeded + TTL). A killed process believes nothing after its death,
+    a stopping one nothing after it began to stop, and nothing counts after ``until``.
+    """
+    killed = _killed(records)
+    result: dict[str, list[Belief]] = {}
+    for src, own in by_source(records).items():
+        steps = [r for r in own if r["ev"] in ("status", "lease", "stopping") and r["t"] <= until]
+        if src == "harness" or not steps:
+            continue
+        stop = min(killed.get(src, math.inf), until)
+        status, token, key_lease, lease, lease_state, deadline = None, 0, 0, 0, "LOST", 0.0
+        spans: list[Belief] = []
+        for i, step in enumerate(steps):
+            if step["ev"] == "status":
+                status, token, key_lease = step["status"], step["token"], step["key_lease"]
+            elif step["ev"] == "lease":
+                lease, lease_state, deadline = step["id"], step["state"], step["deadline"]
+            else:
+                status = None
+            start = step["t"]
+            end = min(steps[i + 1]["t"] if i + 1 < len(steps) else stop, stop, deadline)
+            trusted = lease_state in ("ACTIVE", "SUSPENDED") and lease == key_lease != 0
+            if status != LEADER or not trusted or end <= start:
+                continue
+            if spans and spans[-1].token == token and spans[-1].end >= start:
+                spans[-1] = Belief(src, spans[-1].start, end, token)
+            else:
+                spans.append(Belief(src, start, end, token))
+        result[src] = spans
+    return result
+
+
+def after_steals(
+    records: list[Record], all_beliefs: dict[str, list[Belief]]
+) -> dict[str, list[Belief]]:
+    """The beliefs with each one whose election key the harness deleted ("steal") cut at
+    that moment: from then on another candidate may lead while the victim, until its
+    watch tells it, still believes it does (its writes are then fenced by etcd)."""
+    cut = {proc: list(spans) for proc, spans in all_beliefs.items()}
+    for steal in records:
+        if steal["src"] != "harness" or steal["ev"] != "steal":
+            continue
+        spans = cut.get(steal["victim"], [])
+        for i, span in enumerate(spans):
+            if span.token == steal["token"] and span.start <= steal["t"] < span.end:
+                spans[i] = Belief(span.proc, span.start, steal["t"], span.token)
+    return cut
+
+
+def believed_at(spans: list[Belief], t: float) -> Belief | None:
+    for span in spans:
+        if span.start <= t < span.end:
+            return span
+    return None
+
+
+def check_overlaps(all_beliefs: dict[str, list[Belief]]) -> list[str]:
+    """At every moment at most one process believes it leads with a valid lease."""
+    spans = sorted((b for bs in all_beliefs.values() for b in bs), key=lambda b: b.start)
+    violations = []
+    for i, first in enumerate(spans):
+        for second in spans[i + 1 :]:
+            if second.start >= first.end:
+                break
+            if second.proc != first.proc:
+                violations.append(
+                    f"two leaders: {first.proc} (token {first.token}) and {second.proc} "
+                    f"(token {second.token}) both believed they led with a valid lease "
+                    f"from t={second.start:.3f} to t={min(first.end, second.end):.3f}"
+                )
+    return violations
+
+
+def check_fenced_writes(records: list[Record], all_beliefs: dict[str, list[Belief]]) -> list[str]:
+    """Accepted writes never go back in fencing token; none was attempted by a writer
+    that had last been told anything but LEADER, or outside its leadership; no
+    acknowledged write is lost and no refused one is in the log."""
+    violations = []
+    entries = sorted(_one(records, "final-log")["entries"], key=lambda e: e["revision"])
+    last = None
+    for entry in entries:
+        if last is not None and entry["token"] < last["token"]:
+            violations.append(
+                f"fencing token went back: {last['identity']} wrote with token {last['token']} "
+                f"at revision {last['revision']}, then {entry['identity']} with token "
+                f"{entry['token']} at revision {entry['revision']}"
+            )
+        last = entry
+    stolen = {
+        r["token"]: r["revision"] for r in records if r["src"] == "harness" and r["ev"] == "steal"
+    }
+    for entry in entries:
+        if entry["token"] in stolen and entry["revision"] > stolen[entry["token"]]:
+            violations.append(
+                f"{entry['identity']} wrote with token {entry['token']} at revision "
+                f"{entry['revision']}, after its key was deleted at {stolen[entry['token']]}"
+            )
+    attempts = {(r["src"], r["n"]): r for r in records if r["ev"] == "attempt"}
+    writes = {(r["src"], r["n"]): r for r in records if r["ev"] == "write"}
+    logged = {(e["identity"], e["n"]): e for e in entries}
+    for key, entry in logged.items():
+        attempt = attempts.get(key)
+        what = f"log entry {entry['identity']}#{entry['n']} (token {entry['token']})"
+        if attempt is None:
+            violations.append(f"{what} has no recorded attempt")
+            continue
+        if attempt["told"] != LEADER:
+            violations.append(f"{what} was accepted but its writer was last told {attempt['told']}")
+        if attempt["token"] != entry["token"]:
+            violations.append(f"{what} carries a token its writer did not hold")
+    until = _one(records, "observed-until")["t"]
+    for key, attempt in attempts.items():
+        if attempt["t"] > until:
+            continue  # after the end of the observation (the processes are killed then)
+        if believed_at(all_beliefs.get(key[0], []), attempt["t"]) is None:
+            violations.append(
+                f"{key[0]} passed its guard (is_leader) for write #{key[1]} at "
+                f"t={attempt['t']:.3f} without leading on a valid lease of its election key"
+            )
+        write = writes.get(key)
+        if write is None:
+            continue  # killed or stopped before the answer: either outcome is fine
+        if write["result"] == "accepted" and (
+            key not in logged or logged[key]["revision"] != write["revision"]
+        ):
+            violations.append(f"acknowledged write {key[0]}#{key[1]} is not in the log")
+        if write["result"] == "fenced" and key in logged:
+            violations.append(f"write {key[0]}#{key[1]} was refused but is in the log")
+    return violations
+
+
+def check_single_leader(records: list[Record], all_beliefs: dict[str, list[Belief]]) -> list[str]:
+    """After the faults stop, exactly one leader within TTL + 2 s, that stays, that
+    every other live candidate follows, and whose key is first in etcd."""
+    ttl = _one(records, "params")["ttl"]
+    healed = _one(records, "healed")["t"]
+    until = _one(records, "observed-until")["t"]
+    due = healed + ttl + 2.0
+    active = {
+        proc: [b for b in spans if b.end > due and b.start < until]
+        for proc, spans in all_beliefs.items()
+    }
+    active = {proc: spans for proc, spans in active.items() if spans}
+    if len(active) != 1:
+        return [
+            f"not exactly one leader from t={due:.3f} (healed + TTL + 2 s) to "
+            f"t={until:.3f}: {sorted(active) or 'none'}"
+        ]
+    ((leader, spans),) = active.items()
+    covered = due
+    for span in spans:
+        if span.start > covered + 1e-6:
+            break
+        covered = max(covered, span.end)
+    violations = []
+    if covered < until - 1e-6:
+        violations.append(
+            f"{leader} did not lead without a break from t={due:.3f} to t={until:.3f} "
+            f"(only until t={covered:.3f})"
+        )
+    killed = _killed(records)
+    for src, own in by_source(records).items():
+        statuses = [r for r in own if r["ev"] == "status" and r["t"] <= until]
+        if src in (leader, "harness") or src in killed or not statuses:
+            continue
+        last = statuses[-1]
+        if last["status"] != FOLLOWER or last["leader"] != leader:
+            violations.append(
+                f"{src} ends as {last['status']} of {last['leader']!r}, not a follower of {leader}"
+            )
+    keys = _one(records, "final-election")["keys"]
+    if not keys or keys[0]["value"] != leader:
+        violations.append(f"etcd's first election key is {keys[:1]}, not {leader}'s")
+    return violations
+
+
+def check_leader_safety(records: list[Record]) -> list[str]:
+    """Property 1, every part of it."""
+    until = _one(records, "observed-until")["t"]
+    all_beliefs = beliefs(records, until)
+    cut = after_steals(records, all_beliefs)
+    return (
+        crashes(records)
+        + check_overlaps(cut)
+        + check_fenced_writes(records, all_beliefs)
+        + check_single_leader(records, cut)
+    )
+
+
+# --- property 2: exactly-once, in-order events -------------------------------------------
+
+COUNTER = "/seq/counter"
+ITEMS = 50
+
+
+def expected_items(n: int) -> dict[str, str]:
+    """The tracker's view when the counter is at ``n``: per residue, its newest value."""
+    return {str(m % ITEMS): str(m) for m in range(max(1, n - ITEMS + 1), n + 1)}
+
+
+def fingerprint(n: int) -> tuple[int, int, bool]:
+    """What a tracker records of the state at value ``n``: item count, sum of the
+    values, and whether every name is its value's residue."""
+    values = range(max(1, n - ITEMS + 1), n + 1)
+    return len(values), sum(values), True
+
+
+class _Revisions:
+    """Which revision committed value n, from every witness; conflicts are violations."""
+
+    def __init__(self) -> None:
+        self.of: dict[int, int] = {}
+        self.witness: dict[int, str] = {}
+        self.violations: list[str] = []
+
+    def saw(self, n: int, revision: int, who: str) -> None:
+        known = self.of.get(n)
+        if known is None:
+            self.of[n], self.witness[n] = revision, who
+        elif known != revision:
+            self.violations.append(
+                f"value {n} committed at revision {known} per {self.witness[n]} "
+                f"but at {revision} per {who}"
+            )
+
+
+def _observer_stream(
+    src: str, channel: str, own: list[Record], revisions: _Revisions
+) -> tuple[list[str], int | None, list[tuple[int, int, str]]]:
+    """Check one observer's deliveries; returns violations, the last value of its last
+    segment (None when it ended compacted) and its sync points."""
+    violations: list[str] = []
+    syncs: list[tuple[int, int, str]] = []
+    who = f"{src}/{channel}"
+    expect = 0  # the next value
+    last_rev = 0
+    group: dict[str, int] = {}  # keys of the txn being delivered (prefix observer)
+    ended = True
+
+    def close_group() -> None:
+        if channel == "prefix" and group and len(group) != 2:
+            violations.append(f"{who}: the txn of value {expect - 1} came incomplete: {group}")
+
+    def delivered(key: str, n: int, rev: int) -> None:
+        nonlocal expect, last_rev, group
+        wanted = {COUNTER} if channel == "key" else {COUNTER, f"/seq/items/{n % ITEMS}"}
+        if channel == "prefix" and rev == last_rev and group:
+            if key in group or key not in wanted or n != expect - 1:
+                violations.append(f"{who}: duplicate or stray event {key}={n} at {rev}")
+            group[key] = n
+            return
+        if rev <= last_rev:
+            violations.append(f"{who}: revision went from {last_rev} to {rev} ({key}={n})")
+            return
+        close_group()
+        if n != expect:
+            kind = "duplicate" if n < expect else "gap"
+            violations.append(f"{who}: {kind}: expected value {expect}, got {n} at {rev}")
+        if key not in wanted:
+            violations.append(f"{who}: unexpected key {key} for value {n}")
+        revisions.saw(n, rev, who)
+        expect, last_rev, group = n + 1, rev, {key: n}
+
+    for r in own:
+        if r.get("c") != channel:
+            continue
+        if r["ev"] == "sync":
+            if not ended:
+                violations.append(f"{who}: re-synced at t={r['t']:.3f} without being told why")
+            close_group()
+            expect, last_rev, group, ended = r["value"] + 1, r["revision"], {}, False
+            syncs.append((r["revision"], r["value"], who))
+        elif r["ev"] == "es":
+            for key, value, rev, kind in r["es"]:
+                if ended:
+                    violations.append(f"{who}: event after its observer ended: {key}={value}")
+                    continue
+                if kind != "PUT" or not value.isdigit():
+                    violations.append(f"{who}: unexpected {kind} event {key}={value} at {rev}")
+                    continue
+                delivered(key, int(value), rev)
+        elif r["ev"] == "recipe-error" and r.get("fatal"):
+            close_group()
+            group = {}
+            ended = True
+            if not r.get("compacted"):
+                violations.append(f"{who}: its observer died: {r['error']}")
+            elif last_rev + 1 >= r["compact_revision"]:
+                violations.append(
+                    f"{who}: told Compacted (compacted at {r['compact_revision']}) but it only "
+                    f"needed revision {last_rev + 1} on"
+                )
+    close_group()
+    return violations, None if ended else expect - 1, syncs
+
+
+def check_sequence(records: list[Record]) -> list[str]:
+    """Property 2: every observer delivers exactly the committed sequence (no duplicate,
+    no gap, in order, same revisions as every other witness) or was told Compacted
+    when it could not; every tracker snapshot is the exact state at its revision; and
+    live consumers reach the final value."""
+    final = _one(records, "final-seq")
+    total, final_rev = final["counter"], final["revision"]
+    violations = crashes(records)
+    if final["items"] != expected_items(total):
+        violations.append(f"etcd's items {final['items']} are not those of value {total}")
+    revisions = _Revisions()
+    revisions.saw(total, final_rev, "final read")
+    for r in records:
+        if r["ev"] == "ack" and r["revision"]:
+            revisions.saw(r["n"], r["revision"], f"{r['src']} ack")
+        if r["ev"] == "ack" and r["n"] > total:
+            violations.append(f"{r['src']} acknowledged {r['n']} beyond the final {total}")
+    consumers = _spawned(records, _one(records, "params")["consumers"])
+    killed = _killed(records)
+    syncs: list[tuple[int, int, str]] = []
+    snapshots: list[tuple[Record, int]] = []
+    for src, own in by_source(records).items():
+        if src not in consumers:
+            continue
+        live = src not in killed
+        for channel in ("prefix", "key"):
+            found, last, points = _observer_stream(src, channel, own, revisions)
+            violations += found
+            syncs += points
+            if live and last != total:
+                violations.append(f"{src}/{channel} ends at value {last}, not {total}")
+        snaps = [r for r in own if r["ev"] == "snap"]
+        previous = None
+        for snap in snaps:
+            n = snap["n"]
+            if (snap["count"], snap["sum"], snap["names_ok"]) != fingerprint(n):
+                violations.append(f"{src}/tracker: snapshot at {snap['r']} is no state: {snap}")
+            if previous is not None and (snap["r"] < previous[0] or n < previous[1]):
+                violations.append(
+                    f"{src}/tracker went back from value {previous[1]} at {previous[0]} "
+                    f"to {n} at {snap['r']}"
+                )
+            previous = (snap["r"], n)
+            snapshots.append((snap, n))
+        if live and (previous is None or previous[1] != total):
+            violations.append(f"{src}/tracker ends at {previous}, not at value {total}")
+    violations += revisions.violations
+    ordered = sorted(revisions.of.items())
+    for (n1, r1), (n2, r2) in itertools.pairwise(ordered):
+        if r2 <= r1:
+            violations.append(f"value {n2} at revision {r2} is not after value {n1} at {r1}")
+    of = revisions.of
+    for revision, value, who in syncs:
+        if value and value in of and of[value] > revision:
+            violations.append(f"{who}: read value {value} at {revision}, before it was committed")
+        if value + 1 in of and of[value + 1] <= revision:
+            violations.append(f"{who}: read value {value} at {revision}, but {value + 1} was there")
+    for snap, n in snapshots:
+        if n and n in of and of[n] > snap["r"]:
+            violations.append(f"{snap['src']}/tracker: value {n} shown at {snap['r']}, too early")
+        if n + 1 in of and of[n + 1] <= snap["r"]:
+            violations.append(f"{snap['src']}/tracker: stale value {n} shown at {snap['r']}")
+    return violations
+
+
+# --- property 3: registration convergence ------------------------------------------------
+
+
+def check_registrations(records: list[Record]) -> list[str]:
+    """Property 3: once the faults stop, within 2 x TTL every live resolver's list is
+    exactly the live instances (and stays so), as is etcd's registry; no resolver ever
+    lists an address nobody registered."""
+    params = _one(records, "params")
+    ttl, registrars, resolvers = params["ttl"], params["registrars"], params["resolvers"]
+    healed = _one(records, "healed")["t"]
+    until = _one(records, "observed-until")["t"]
+    due = healed + 2 * ttl
+    killed = _killed(records)
+    spawned = _spawned(records, registrars)
+    ever = {a for spawn in spawned.values() for a in _arg(spawn, "--addresses").split(",")}
+    live = {
+        a
+        for proc, spawn in spawned.items()
+        if proc not in killed
+        for a in _arg(spawn, "--addresses").split(",")
+    }
+    violations = crashes(records)
+    stored = set(_one(records, "final-registry")["addresses"])
+    if stored != live:
+        violations.append(
+            f"etcd's registry differs from the live instances: missing "
+            f"{sorted(live - stored)}, extra {sorted(stored - live)}"
+        )
+    resolver_procs = _spawned(records, resolvers)
+    count = params["per_process"]
+    sources = by_source(records)
+    for src in resolver_procs:
+        own = sources.get(src, [])
+        for number in range(count):
+            views = [r for r in own if r["ev"] == "view" and r["r"] == number and r["t"] <= until]
+            who = f"{src}/resolver{number}"
+            for view in views:
+                phantom = set(view["addrs"]) - ever
+                if phantom:
+                    violations.append(f"{who} listed unregistered {sorted(phantom)}")
+            if src in killed:
+                continue
+            before = [v for v in views if v["t"] <= due]
+            after = [v for v in views if v["t"] > due]
+            if not before:
+                violations.append(f"{who} had no instance list by t={due:.3f}")
+                continue
+            for view in [before[-1], *after]:
+                got = set(view["addrs"])
+                if got != live:
+                    violations.append(
+                        f"{who} at t={view['t']:.3f} (healed + {view['t'] - healed:.1f}s, "
+                        f"revision {view['rev']}) lists {len(got)} instances, not the "
+                        f"{len(live)} live ones: missing {sorted(live - got)[:5]}, extra "
+                        f"{sorted(got - live)[:5]}"
+                    )
+                    break
+    return violations
+
+
+# --- property 4: nothing lost on clean shutdown ------------------------------------------
+
+
+def check_shutdown(records: list[Record]) -> list[str]:
+    """Property 4: every stop()/close() called during faults returned within its bound,
+    and once etcd was reachable again no key of a stopped recipe remained (only the
+    keeper's key of a process whose connector is still open)."""
+    params = _one(records, "params")
+    bounds: dict[str, float] = params["bounds"]
+    violations = crashes(records)
+    commanded: dict[str, list[str]] = {}
+    for r in records:
+        if r["src"] == "harness" and r["ev"] == "command":
+            commanded.setdefault(r["proc"], []).append(r["text"])
+    sources = by_source(records)
+    for src in commanded:
+        own = sources.get(src, [])
+        for r in own:
+            if r["ev"] != "stopped":
+                continue
+            bound = bounds[r["what"]]
+            if r["took"] > bound:
+                violations.append(
+                    f"{src}: {r['what']} took {r['took']:.2f}s, more than its bound {bound:.2f}s"
+                )
+            if r.get("error"):
+                violations.append(f"{src}: {r['what']} raised {r['error']}")
+        done = {r["ev"] for r in own}
+        if "stop" in commanded[src] and "stopped-recipes" not in done:
+            violations.append(f"{src}: stopping its recipes never returned")
+        if "close" in commanded[src] and "exit" not in done:
+            violations.append(f"{src}: close() never returned")
+    leftovers: dict[str, list[str]] = _one(records, "final-keys")["keys"]
+    for proc, keys in sorted(leftovers.items()):
+        allowed = {"/keeper"} if "close" not in commanded.get(proc, []) else set()
+        extra = sorted(set(keys) - allowed)
+        if extra:
+            violations.append(f"{proc}: keys left behind after its recipes stopped: {extra}")
+        if allowed and "/keeper" not in keys:
+            violations.append(f"{proc}: the keeper key of its still open connector is gone")
+    return violations
+
+
+CHECKS = {
+    "leader-safety": check_leader_safety,
+    "exactly-once": check_sequence,
+    "registration": check_registrations,
+    "shutdown": check_shutdown,
+}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.chaos.checks PROPERTY HISTORY``: check a saved history again."""
+    if len(argv) != 2 or argv[0] not in CHECKS:
+        print(f"usage: python -m tests.chaos.checks {{{','.join(CHECKS)}}} HISTORY.jsonl")
+        return 2
+    violations = CHECKS[argv[0]](load(argv[1]))
+    for violation in violations:
+        print(violation)
+    print(f"{len(violations)} violations")
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

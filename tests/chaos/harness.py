@@ -1,0 +1,528 @@
+"""Running a chaos plan: participant processes, etcd faults, the history, the verdict.
+
+A :class:`Run` owns a run directory (the history as JSON lines, each process's
+stderr, and on failure the etcd members' logs), a :class:`Fleet` of participant
+processes and the execution of a :class:`~.schedule.Plan` against them and the
+cluster. Every process it starts dies with the test process (``PR_SET_PDEATHSIG``)
+and is killed when the run ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+
+from geventc import Client, Compare, Op
+from geventc.testing import EtcdCluster, EtcdMember
+
+from .history import History
+from .schedule import Action, Plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGE = "tests.chaos.participants"
+
+#: the fixed seeds of the bounded run (``GEVENTC_CHAOS_SEED`` replaces them)
+SEEDS = (1, 2)
+#: one line per finished run (property, seed, duration, faults), for the test report
+SUMMARIES: list[str] = []
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The chaos run's settings, from the environment.
+
+    ``GEVENTC_CHAOS_SECONDS``: total seconds of fault injection, shared equally by the
+    chaos tests selected (unset: each test's bounded default); ``GEVENTC_CHAOS_SEED``:
+    run this seed (or comma-separated seeds) instead of the fixed ones;
+    ``GEVENTC_CHAOS_DIR``: where run directories go; ``GEVENTC_CHAOS_KEEP=1``: keep
+    the run directories of passing runs too.
+    """
+
+    seconds: float | None
+    seeds: tuple[int, ...]
+    directory: str
+    keep: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        seconds = os.environ.get("GEVENTC_CHAOS_SECONDS")
+        seeds = os.environ.get("GEVENTC_CHAOS_SEED")
+        return cls(
+            seconds=float(seconds) if seconds else None,
+            seeds=tuple(int(s) for s in seeds.split(",")) if seeds else SEEDS,
+            directory=os.environ.get("GEVENTC_CHAOS_DIR")
+            or os.path.join(tempfile.gettempdir(), "geventc-chaos"),
+            keep=os.environ.get("GEVENTC_CHAOS_KEEP", "") not in ("", "0"),
+        )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGKILL the child when the test process dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Proc:
+    """One participant process (generation ``gen`` of its slot)."""
+
+    slot: str
+    gen: int
+    popen: subprocess.Popen[bytes]
+    paused: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.slot}.{self.gen}"
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class Slot:
+    """A logical participant: how to start it, and its current process."""
+
+    name: str
+    module: str
+    make_args: Callable[[int], list[str]]
+    current: Proc | None = None
+    generations: int = 0
+    procs: list[Proc] = field(default_factory=list)
+
+
+class Fleet:
+    """The participant processes of a run."""
+
+    def __init__(self, history: History, directory: str) -> None:
+        self.history = history
+        self.directory = directory
+        self.slots: dict[str, Slot] = {}
+
+    def add(self, name: str, module: str, make_args: Callable[[int], list[str]]) -> Proc:
+        """Define a slot and start its first process."""
+        self.slots[name] = Slot(name, module, make_args)
+        return self.spawn(name)
+
+    def spawn(self, name: str) -> Proc:
+        """Start a new generation of a slot."""
+        slot = self.slots[name]
+        gen = slot.generations
+        slot.generations += 1
+        args = slot.make_args(gen)
+        stderr = open(os.path.join(self.directory, f"{name}.{gen}.stderr"), "wb")  # noqa: SIM115
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", f"{PACKAGE}.{slot.module}", *args],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            stderr.close()
+        proc = Proc(name, gen, popen)
+        slot.current = proc
+        slot.procs.append(proc)
+        assert popen.stdout is not None
+        self.history.record(
+            "harness", "spawn", proc=proc.name, slot=name, gen=gen, pid=popen.pid, args=args
+        )
+        self.history.follow(proc.name, popen.stdout)
+        return proc
+
+    def current(self, name: str) -> Proc | None:
+        return self.slots[name].current
+
+    def procs(self) -> list[Proc]:
+        """The current process of every slot that has one."""
+        return [s.current for s in self.slots.values() if s.current is not None]
+
+    def kill(self, name: str) -> Proc | None:
+        proc = self.slots[name].current
+        if proc is None:
+            return None
+        _kill(proc)
+        self.history.record("harness", "kill", proc=proc.name, slot=name)
+        self.slots[name].current = None
+        return proc
+
+    def pause(self, name: str) -> Proc | None:
+        proc = self.slots[name].current
+        if proc is None or not proc.alive:
+            return None
+        proc.popen.send_signal(signal.SIGSTOP)
+        proc.paused = True
+        self.history.record("harness", "pause", proc=proc.name, slot=name)
+        return proc
+
+    def resume(self, name: str) -> Proc | None:
+        proc = self.slots[name].current
+        if proc is None or not proc.paused:
+            return None
+        proc.popen.send_signal(signal.SIGCONT)
+        proc.paused = False
+        self.history.record("harness", "resume", proc=proc.name, slot=name)
+        return proc
+
+    def command(self, name: str, text: str) -> Proc | None:
+        """Send a command line to the slot's process (read when it runs)."""
+        proc = self.slots[name].current
+        if proc is None or proc.popen.stdin is None:
+            return None
+        self.history.record("harness", "command", proc=proc.name, slot=name, text=text)
+        with contextlib.suppress(OSError):
+            proc.popen.stdin.write(text.encode() + b"\n")
+            proc.popen.stdin.flush()
+        return proc
+
+    def wait_ready(self, procs: Sequence[Proc], timeout: float, ev: str = "ready") -> None:
+        """Wait until each process recorded ``ev``; raise if one crashed or timed out."""
+        names = {p.name for p in procs}
+
+        def missing() -> set[str]:
+            done = {r["src"] for r in self.history.records if r["src"] in names and r["ev"] == ev}
+            dead = {
+                r["src"]
+                for r in self.history.records
+                if r["src"] in names and r["ev"] in ("crash", "eof")
+            }
+            if dead - done:
+                raise RuntimeError(f"participants ended before {ev!r}: {sorted(dead - done)}")
+            return names - done
+
+        if not self.history.wait_for(lambda: not missing(), timeout):
+            raise RuntimeError(f"participants not {ev} within {timeout}s: {sorted(missing())}")
+
+    def stop_all(self) -> None:
+        """Kill every process this fleet ever started."""
+        for slot in self.slots.values():
+            for proc in slot.procs:
+                _kill(proc)
+
+
+def _kill(proc: Proc) -> None:
+    if proc.popen.poll() is None:
+        with contextlib.suppress(OSError):
+            proc.popen.kill()  # SIGKILL also ends a stopped process
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(5)
+    proc.paused = False
+    if proc.popen.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.popen.stdin.close()
+
+
+class Run:
+    """One chaos run: its directory, history, fleet and verdict."""
+
+    def __init__(
+        self,
+        prop: str,
+        seed: int,
+        cluster: EtcdCluster,
+        settings: Settings,
+        *,
+        test_id: str = "",
+    ) -> None:
+        self.prop = prop
+        self.seed = seed
+        self.cluster = cluster
+        self.settings = settings
+        self.test_id = test_id
+        os.makedirs(settings.directory, exist_ok=True)
+        self.directory = tempfile.mkdtemp(prefix=f"{prop}-seed{seed}-", dir=settings.directory)
+        self.history = History(os.path.join(self.directory, "history.jsonl"))
+        self.fleet = Fleet(self.history, self.directory)
+        self.namespace = f"chaos/{os.path.basename(self.directory)}"
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self.failed = False
+        self.duration = 0.0
+        self._client: Client | None = None
+        #: the stored prefix of the election whose leader key ``steal`` actions delete
+        self.election: str | None = None
+        self.seconds = 0.0  # of the plan executed
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.duration = time.monotonic() - self.started
+        self.fleet.stop_all()
+        self.history.record("harness", "end", counts=dict(self.counts))
+        self.history.close()
+        if self._client is not None:
+            self._client.close()
+        if exc is not None and not self.failed and isinstance(exc, BaseException):
+            # not a property violation but the run itself broke: say where to look
+            with contextlib.suppress(AttributeError):  # add_note: Python 3.11+
+                exc.add_note(
+                    f"chaos run {self.prop} seed {self.seed}: history {self.history.path} "
+                    f"(kept); replay: {self.replay_command()}"
+                )
+        if exc is not None or self.failed:
+            self.failed = True
+            for member in self.cluster.members:
+                with contextlib.suppress(OSError):
+                    shutil.copy(member.log_path, self.directory)
+        elif not self.settings.keep:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        SUMMARIES.append(self.summary())
+        print(self.summary())
+
+    # --- helpers -----------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self.cluster.endpoints)
+
+    def endpoints_for(self, index: int) -> str:
+        """The endpoint list rotated by ``index``: participants start on different
+        members."""
+        eps = self.endpoints
+        k = index % len(eps)
+        return ",".join(eps[k:] + eps[:k])
+
+    def base_args(self, index: int) -> list[str]:
+        return ["--endpoints", self.endpoints_for(index), "--namespace", self.namespace]
+
+    @property
+    def client(self) -> Client:
+        """A client of the harness itself (raw keys: namespace them by hand)."""
+        if self._client is None:
+            self._client = Client(self.endpoints, timeout=5.0)
+        return self._client
+
+    def key(self, path: str) -> str:
+        """The stored key of a participant's key ``path``."""
+        return f"/{self.namespace}/{path.lstrip('/')}"
+
+    def replay_command(self) -> str:
+        # the test selected alone gets all of GEVENTC_CHAOS_SECONDS: give it its share
+        seconds = f"GEVENTC_CHAOS_SECONDS={self.seconds:g} " if self.settings.seconds else ""
+        select = f" -k '{self.test_id}'" if self.test_id else ""
+        return (
+            f"{seconds}GEVENTC_CHAOS_SEED={self.seed} GEVENTC_CHAOS_KEEP=1 "
+            f"pytest-gevent tests/chaos/test_chaos.py{select}"
+        )
+
+    def verdict(self, violations: Sequence[str]) -> None:
+        """Fail the test with the seed, the history's path and the replay command when
+        a check found violations."""
+        if not violations:
+            return
+        self.failed = True
+        self.history.record("harness", "violations", violations=list(violations))
+        self.history.flush()
+        shown = "\n  - ".join(violations[:25])
+        more = f"\n  ... and {len(violations) - 25} more" if len(violations) > 25 else ""
+        raise AssertionError(
+            f"chaos property {self.prop} failed for seed {self.seed} "
+            f"({len(violations)} violations):\n  - {shown}{more}\n"
+            f"history: {self.history.path} (kept)\n"
+            f"re-check it: python -m tests.chaos.checks {self.prop} {self.history.path}\n"
+            f"replay: {self.replay_command()}"
+        )
+
+    def summary(self) -> str:
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "none"
+        return f"{self.prop} seed {self.seed}: {self.duration:.1f}s, faults injected: {faults}" + (
+            f" [history kept: {self.history.path}]" if self.failed or self.settings.keep else ""
+        )
+
+    # --- executing a plan --------------------------------------------------------------
+
+    def execute(self, plan: Plan) -> None:
+        """Run the plan's actions at their times (late ones at once), recording each."""
+        self.history.record(
+            "harness",
+            "plan",
+            seed=plan.seed,
+            duration=plan.duration,
+            profile=plan.profile,
+            planned=plan.counts(),
+        )
+        self.seconds = plan.duration
+        started = time.monotonic()
+        members: dict[int, EtcdMember] = {}
+        paired: dict[int, list[EtcdMember]] = {}
+        for action in plan.actions:
+            delay = started + action.at - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+            try:
+                self._apply(action, members, paired)
+            except Exception as exc:  # record it: a harness hiccup is not a verdict
+                self.history.record(
+                    "harness",
+                    "action-failed",
+                    kind=action.kind,
+                    target=action.target,
+                    error=repr(exc),
+                )
+        self.history.record("harness", "faults-end", counts=dict(self.counts))
+
+    def _apply(
+        self, action: Action, members: dict[int, EtcdMember], paired: dict[int, list[EtcdMember]]
+    ) -> None:
+        kind, target = action.kind, action.target
+        record = self.history.record
+        if kind in ("member-kill", "member-pause"):
+            self._members_settled()
+            member = self._resolve_member(target, action.ref)
+            if kind == "member-kill":
+                self.cluster.kill(member)
+            else:
+                self.cluster.pause(member)
+            members[action.ref] = member
+            self.counts[kind + ("-leader" if target == "leader" else "")] += 1
+            record("harness", kind, member=member.name, target=target)
+        elif kind == "member-pause-two":
+            self._members_settled()
+            first = int(target)
+            pair = [self.cluster.members[(first + k) % len(self.cluster.members)] for k in (0, 1)]
+            for member in pair:
+                self.cluster.pause(member)
+            paired[action.ref] = pair
+            self.counts[kind] += 1
+            record("harness", kind, members=[m.name for m in pair])
+        elif kind == "member-resume-two":
+            for member in paired.pop(action.ref):
+                self.cluster.resume(member)
+            record("harness", kind)
+        elif kind in ("member-restart", "member-resume"):
+            member = members.pop(action.ref)
+            if kind == "member-restart":
+                self.cluster.restart(member, wait=False)
+            else:
+                self.cluster.resume(member)
+            record("harness", kind, member=member.name)
+        elif kind == "compact":
+            revision = self.client.get_prefix("/chaos-none/", count_only=True).header.revision
+            self.client.compact(revision)
+            self.counts[kind] += 1
+            record("harness", "compact", revision=revision)
+        elif kind == "steal":
+            self._steal()
+        elif kind == "kill":
+            if self.fleet.kill(target):
+                self.counts["participant-kill"] += 1
+        elif kind == "respawn":
+            if self.fleet.current(target) is None:
+                self.fleet.spawn(target)
+        elif kind == "pause":
+            if self.fleet.pause(target):
+                self.counts["participant-pause"] += 1
+        elif kind == "resume":
+            self.fleet.resume(target)
+        elif kind == "command" and action.arg == "respawn":
+            # a new generation once the last one ended on its own (after ``close``)
+            proc = self.fleet.current(target)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(30)
+            if proc is None or not proc.alive:
+                self.fleet.spawn(target)
+                self.counts["respawn"] += 1
+        elif kind == "command":
+            if self.fleet.command(target, action.arg):
+                self.counts[f"command-{action.arg}"] += 1
+        else:
+            raise ValueError(f"unknown action {kind!r}")
+
+    def _steal(self) -> None:
+        """Delete the election's leader key behind its holder's back (as an operator
+        might): its holder must stop leading, and its fenced writes must fail."""
+        if self.election is None:
+            raise RuntimeError("no election to steal from")
+        first = self.client.get_prefix(
+            self.election, sort_target="CREATE", sort_order="ASCEND", limit=1
+        )
+        if not first.kvs:
+            return
+        kv = first.kvs[0]
+        sent = time.monotonic()  # the deletion happens after this: the victim's cut-off
+        deleted = self.client.txn(
+            [Compare.create_revision(kv.key) == kv.create_revision], [Op.delete(kv.key)]
+        )
+        if deleted.succeeded:
+            self.counts["steal"] += 1
+            self.history.record(
+                "harness",
+                "steal",
+                t=sent,
+                victim=kv.value_str,
+                token=kv.create_revision,
+                revision=deleted.header.revision,
+            )
+
+    def _members_settled(self, timeout: float = 10.0) -> None:
+        """Before taking a member down: the previous one is back and healthy (so at most
+        one is ever down)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(m.running and not m.paused for m in self.cluster.members):
+                try:
+                    self.cluster.wait_healthy(timeout=max(0.1, deadline - time.monotonic()))
+                    return
+                except RuntimeError:
+                    pass
+            gevent.sleep(0.1)
+        self.history.record("harness", "members-unsettled")
+
+    def _resolve_member(self, target: str, ref: int) -> EtcdMember:
+        if target != "leader":
+            return self.cluster.members[int(target)]
+        try:
+            return self.cluster.leader()
+        except RuntimeError:
+            return self.cluster.members[ref % len(self.cluster.members)]
+
+    def heal(self, *, ready: str | None = "ready", timeout: float = 30.0) -> float:
+        """End every fault: resume paused processes, respawn killed slots, restart and
+        resume members; wait until the cluster is healthy and respawned processes are
+        ready. Returns (and records as ``healed``) the time it was done."""
+        respawned = []
+        for name, slot in self.fleet.slots.items():
+            if slot.current is None:
+                respawned.append(self.fleet.spawn(name))
+            elif slot.current.paused:
+                self.fleet.resume(name)
+        self.cluster.heal()
+        if ready and respawned:
+            self.fleet.wait_ready(respawned, timeout, ready)
+        return float(self.history.record("harness", "healed")["t"])
+
+    def alive(self) -> list[str]:
+        """Names of the processes alive now."""
+        return [p.name for p in self.fleet.procs() if p.alive]
+
+    def check_alive(self) -> list[str]:
+        """Violations for participants that died on their own (crash or exit)."""
+        return [
+            f"{r['src']} crashed: {r.get('error')}\n{r.get('traceback', '')}"
+            for r in self.history.records
+            if r["ev"] == "crash"
+        ]
+
+    def wait(self, seconds: float) -> None:
+        gevent.sleep(max(0.0, seconds))
+
+    def record(self, ev: str, **fields: Any) -> None:
+        self.history.record("harness", ev, **fields)

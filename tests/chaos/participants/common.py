@@ -1,0 +1,145 @@
+"""What every participant shares: JSON-line output, command input, options, and the
+lease/election instrumentation the leader-safety check needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+from gevent.fileobject import FileObjectPosix
+
+import geventc
+
+
+def emit(ev: str, **fields: Any) -> None:
+    """Print one history record (stdout is a pipe the harness reads line by line)."""
+    fields["t"] = fields.get("t", time.monotonic())
+    sys.stdout.write(json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def options(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every participant takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--endpoints", required=True, help="comma-separated etcd URLs")
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--connect-timeout", type=float, default=0.5)
+    return parser
+
+
+def connect(args: argparse.Namespace) -> geventc.Connector:
+    """A connector with the participant's endpoints, namespace and timeouts."""
+    return geventc.connect(
+        args.endpoints.split(","),
+        namespace=args.namespace,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+    )
+
+
+def commands() -> Iterator[str]:
+    """The command lines on stdin, read cooperatively; ends when stdin closes."""
+    stdin = FileObjectPosix(sys.stdin.fileno(), "rb", close=False)
+    for raw in iter(stdin.readline, b""):
+        line = raw.decode().strip()
+        if line:
+            yield line
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a participant: log to stderr, report a crash as a record, exit 1 on it."""
+    logging.basicConfig(
+        level=os.environ.get("GEVENTC_CHAOS_LOG", "WARNING"),
+        stream=sys.stderr,
+        format=f"%(relativeCreated)8.0fms {os.getpid()} %(levelname)s %(name)s: %(message)s",
+    )
+    emit("start", pid=os.getpid(), argv=sys.argv[1:])
+    try:
+        main()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # report it in the history, where the checks see it
+        emit("crash", error=repr(exc), traceback=traceback.format_exc()[-4000:])
+        sys.stdout.flush()
+        os._exit(1)
+    emit("exit")
+    sys.stdout.flush()
+    os._exit(0)  # do not wait for leftover greenlets
+
+
+def timed(what: str, call: Callable[[], object]) -> float:
+    """Run ``call``, record how long it took (and its error, if any); the duration."""
+    started = time.monotonic()
+    error = None
+    try:
+        call()
+    except Exception as exc:
+        error = repr(exc)
+    took = time.monotonic() - started
+    emit("stopped", what=what, started=started, took=took, error=error)
+    return took
+
+
+def instrument_election() -> None:
+    """Record exactly what ``LeaderElector.is_leader`` depends on, when it changes.
+
+    Test instrumentation (not public API): every status the elector reports is
+    recorded at the moment it is decided (``status``, with the lease the election key
+    is on), and every change of the kept lease (``lease``: id, state, and the deadline
+    = send time of the last renewal that succeeded + TTL). From these the checks know,
+    for any moment, whether the candidate believed it led with a lease it could still
+    trust.
+    """
+    from geventc.lease import KeptLease
+    from geventc.recipes.election import LeaderElector
+
+    def lease_line(lease: KeptLease) -> None:
+        emit("lease", id=lease.id, state=lease.state.value, deadline=lease._deadline)
+
+    def wrap_lease(name: str) -> None:
+        original = getattr(KeptLease, name)
+
+        def wrapper(self: KeptLease, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                lease_line(self)
+
+        setattr(KeptLease, name, wrapper)
+
+    for name in ("_grant_once", "_renew", "close"):
+        wrap_lease(name)
+
+    original_report = LeaderElector._report_status
+
+    def report(self: LeaderElector, *args: Any, **kwargs: Any) -> None:
+        before = self._last
+        original_report(self, *args, **kwargs)
+        event = self._last
+        if event is not None and event is not before:
+            emit(
+                "status",
+                status=event.status.value,
+                token=event.fencing_token,
+                leader=event.leader,
+                key_lease=self._lease_of_key,
+                lease=self._lease.id if self._lease is not None else 0,
+                error=repr(event.error) if event.error else None,
+            )
+
+    LeaderElector._report_status = report
+
+
+def sleep_forever() -> None:
+    """Block this greenlet (the process then lives until it is killed)."""
+    while True:
+        gevent.sleep(3600)

@@ -1,0 +1,84 @@
+"""Exactly-once participant: writes the sequence 1, 2, ..., N.
+
+Value n is written by one txn that succeeds only if ``/seq/counter`` holds n - 1, and
+puts ``/seq/counter`` = n and ``/seq/items/<n % 50>`` = n. So the committed history is
+exactly 1..N (whatever was retried, killed or indeterminate): one revision per n, two
+events in it. Records ``ack`` (n, revision) for every write known to have committed;
+``done`` when N is reached. A respawned writer carries on from the stored counter.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from geventc import Compare, Connector, Op, RangeResult
+from geventc.errors import EtcdError
+
+from . import common
+
+COUNTER = "/seq/counter"
+ITEMS = 50
+
+
+def read_counter(conn: Connector) -> tuple[int, int]:
+    """The stored value and its revision (retried until etcd answers)."""
+    while True:
+        try:
+            kv = conn.get(COUNTER)
+            if kv is None:
+                raise RuntimeError("the counter does not exist; the harness creates it")
+            return int(kv.value), kv.mod_revision
+        except EtcdError as exc:
+            common.emit("error", op="read", error=repr(exc))
+            gevent.sleep(0.05)
+
+
+def main() -> None:
+    parser = common.options(__doc__ or "")
+    parser.add_argument("--count", type=int, required=True, help="N")
+    parser.add_argument("--rate", type=float, default=0.0, help="writes per second (0: max)")
+    args = parser.parse_args()
+    conn = common.connect(args)
+    value, revision = read_counter(conn)
+    common.emit("resume", value=value, revision=revision)
+    common.emit("ready")
+    started = time.monotonic()
+    first = value
+    while value < args.count:
+        if args.rate:
+            due = started + (value - first) / args.rate
+            if due > time.monotonic():
+                gevent.sleep(due - time.monotonic())
+        n = value + 1
+        try:
+            result = conn.txn(
+                [Compare.value(COUNTER) == str(n - 1)],
+                [Op.put(COUNTER, str(n)), Op.put(f"/seq/items/{n % ITEMS}", str(n))],
+                [Op.get(COUNTER)],
+            )
+        except EtcdError as exc:  # maybe applied: the next read tells
+            common.emit("error", op="write", n=n, error=repr(exc))
+            value, revision = read_counter(conn)
+            if value >= n:
+                common.emit("ack", n=n, revision=revision if value == n else 0, late=True)
+            continue
+        if result.succeeded:
+            common.emit("ack", n=n, revision=result.header.revision)
+            value = n
+            continue
+        read = result.responses[0]
+        assert isinstance(read, RangeResult) and read.kvs
+        stored = int(read.kvs[0].value)
+        if stored < n - 1:
+            raise RuntimeError(f"the counter went back from {n - 1} to {stored}")
+        if stored == n:  # an earlier indeterminate try of n was applied
+            common.emit("ack", n=n, revision=read.kvs[0].mod_revision, late=True)
+        value = stored
+    common.emit("done", value=value)
+    common.sleep_forever()
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,189 @@
+"""Seeded fault schedules: the same seed, duration and profile always give the same plan.
+
+A :class:`Plan` is a list of timed :class:`Action` s (seconds after the fault phase
+starts) on participant *slots* (a slot is one logical participant; a killed process is
+respawned in its slot as a new generation) and on etcd *members*. Member faults come in
+episodes that never overlap: at most one member is down (killed or paused) at a time,
+so the cluster keeps its quorum, except in ``pause-two`` episodes (if the profile asks
+for them): two members paused together for a short moment, so the cluster is
+unavailable. Only "which member is the raft leader now" is resolved when an action
+runs (target ``leader``); everything else is fixed by the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+#: The kinds of action; ``*-down`` kinds have a matching ``*-up`` with the same ``ref``.
+PARTICIPANT_KINDS = ("kill", "respawn", "pause", "resume", "command")
+MEMBER_KINDS = (
+    "member-kill",
+    "member-restart",
+    "member-pause",
+    "member-resume",
+    "member-pause-two",
+    "member-resume-two",
+)
+OTHER_KINDS = ("compact", "steal")
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One fault (or command) at ``at`` seconds: ``target`` is a participant slot, a
+    member index (``"0"``..) or ``"leader"``; ``ref`` links a down action to its up
+    action; ``arg`` is a command's text."""
+
+    at: float
+    kind: str
+    target: str
+    ref: int = 0
+    arg: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What a property's schedule may contain, and how dense it is."""
+
+    name: str
+    #: participant slots and the fault kinds (``kill``, ``pause``, ``short-pause``) each
+    #: may get, with weights
+    slots: Sequence[str] = ()
+    slot_kinds: dict[str, float] = field(default_factory=lambda: {"kill": 1.0, "pause": 1.0})
+    #: other kinds (and weights) for some slots
+    kinds_of: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: seconds between two faults of one slot, and how long they last
+    slot_gap: tuple[float, float] = (2.0, 6.0)
+    pause_for: tuple[float, float] = (4.0, 5.5)  # past the TTL (set from it)
+    short_pause_for: tuple[float, float] = (0.3, 1.5)
+    respawn_after: tuple[float, float] = (0.3, 2.5)
+    #: member episodes: kind weights (``kill``, ``pause``, ``kill-leader``,
+    #: ``pause-leader``, ``pause-two``), the gap before each and how long the member
+    #: stays down
+    members: int = 3
+    member_kinds: dict[str, float] = field(
+        default_factory=lambda: {"kill": 2.0, "pause": 1.0, "kill-leader": 1.0, "pause-leader": 0.5}
+    )
+    member_gap: tuple[float, float] = (0.5, 2.5)
+    member_down: tuple[float, float] = (1.0, 3.5)
+    #: how long both members of a ``pause-two`` episode stay paused
+    two_down: tuple[float, float] = (0.5, 1.5)
+    #: no member fault may be in effect during the last ``member_quiet`` seconds
+    member_quiet: float = 0.0
+    #: seconds between compactions (None: no compaction)
+    compact_every: tuple[float, float] | None = None
+    #: seconds between deletions of the election's leader key by an "operator" (None:
+    #: none); none in the last second
+    steal_every: tuple[float, float] | None = None
+    #: commands sent to slots (each slot gets these, in order, at random times within
+    #: the given fraction of the run)
+    commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    command_window: tuple[float, float] = (0.15, 0.85)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The actions of one run, sorted by time."""
+
+    seed: int
+    duration: float
+    profile: str
+    actions: tuple[Action, ...]
+
+    def counts(self) -> dict[str, int]:
+        """How many actions of each kind the plan holds."""
+        return dict(sorted(Counter(a.kind for a in self.actions).items()))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "seed": self.seed,
+                "duration": self.duration,
+                "profile": self.profile,
+                "actions": [a.to_json() for a in self.actions],
+            }
+        )
+
+
+def _pick(rng: random.Random, weights: dict[str, float]) -> str:
+    names = sorted(weights)
+    return rng.choices(names, weights=[weights[n] for n in names])[0]
+
+
+def make_plan(seed: int, duration: float, profile: Profile) -> Plan:
+    """The plan for ``seed``: deterministic for a given seed, duration and profile."""
+    rng = random.Random(f"{profile.name}:{seed}:{duration}")
+    actions: list[Action] = []
+    refs = iter(range(1, 1_000_000))
+
+    # member episodes, one at a time
+    end = duration - profile.member_quiet
+    t = rng.uniform(*profile.member_gap)
+    while profile.members and profile.member_kinds and t < end - 0.5:
+        kind = _pick(rng, profile.member_kinds)
+        down = rng.uniform(*profile.member_down)
+        up = min(t + down, end)
+        member = str(rng.randrange(profile.members))
+        target = "leader" if kind.endswith("-leader") else member
+        ref = next(refs)
+        if kind == "pause-two":  # this one and the next: no quorum for a moment
+            up = min(t + rng.uniform(*profile.two_down), end)
+            actions += [
+                Action(t, "member-pause-two", member, ref),
+                Action(up, "member-resume-two", "", ref),
+            ]
+        elif kind.startswith("kill"):
+            actions += [
+                Action(t, "member-kill", target, ref),
+                Action(up, "member-restart", "", ref),
+            ]
+        else:
+            actions += [
+                Action(t, "member-pause", target, ref),
+                Action(up, "member-resume", "", ref),
+            ]
+        t = up + rng.uniform(*profile.member_gap)
+
+    # participant faults, each slot on its own timeline
+    for slot in profile.slots:
+        t = rng.uniform(0.3, profile.slot_gap[1])
+        kinds = profile.kinds_of.get(slot, profile.slot_kinds)
+        while kinds and t < duration - 0.3:
+            kind = _pick(rng, kinds)
+            ref = next(refs)
+            if kind == "kill":
+                back = min(t + rng.uniform(*profile.respawn_after), duration)
+                actions += [Action(t, "kill", slot, ref), Action(back, "respawn", slot, ref)]
+            else:
+                span = profile.pause_for if kind == "pause" else profile.short_pause_for
+                back = min(t + rng.uniform(*span), duration)
+                actions += [Action(t, "pause", slot, ref), Action(back, "resume", slot, ref)]
+            t = back + rng.uniform(*profile.slot_gap)
+
+    if profile.compact_every is not None:
+        t = rng.uniform(*profile.compact_every)
+        while t < duration:
+            actions.append(Action(t, "compact", ""))
+            t += rng.uniform(*profile.compact_every)
+
+    if profile.steal_every is not None:
+        t = rng.uniform(*profile.steal_every)
+        while t < duration - 1.0:
+            actions.append(Action(t, "steal", ""))
+            t += rng.uniform(*profile.steal_every)
+
+    lo, hi = profile.command_window
+    for slot, commands in sorted(profile.commands.items()):
+        times = sorted(rng.uniform(lo * duration, hi * duration) for _ in commands)
+        actions += [
+            Action(at, "command", slot, arg=text) for at, text in zip(times, commands, strict=True)
+        ]
+
+    actions.sort(key=lambda a: (a.at, a.kind, a.target))
+    return Plan(seed, duration, profile.name, tuple(actions))
