@@ -514,7 +514,10 @@ def _transport_error(exc: BaseException, target: str, write: bool) -> errors.Etc
         )
     if isinstance(exc, ReadTimeoutError | TimeoutError | gevent.Timeout):
         return errors.Timeout("no answer within the deadline", endpoint=target)
-    if "without response" in str(exc) and target.startswith("http://"):
+    # a TLS-only member answers plain http with a 400 and closes, which may arrive as a
+    # reset or an empty answer instead: say what probably went wrong
+    dropped = "without response" in str(exc) or "reset by peer" in str(exc)
+    if dropped and target.startswith("http://"):
         return errors.ConnectionFailed(
             "the server closed the connection without an answer; if the cluster serves "
             "TLS, use https:// endpoints and a TLSConfig",
