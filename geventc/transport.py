@@ -558,7 +558,12 @@ def _decode_answer(data: bytes, endpoint: str) -> JSON:
 
 def _read_body(response: urllib3.BaseHTTPResponse, limit: int, endpoint: str) -> bytes:
     """Read a whole answer (then also ``response.data``), refusing one over ``limit``."""
-    chunks: list[bytes] = []
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) <= limit:
+        data = response.read(cache_content=True)  # the usual case: one read
+        response.release_conn()
+        return data
+    chunks: list[bytes] = []  # chunked or announced too large: read and count
     size = 0
     while chunk := response.read(65536):
         size += len(chunk)

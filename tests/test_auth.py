@@ -202,7 +202,9 @@ def test_no_secret_reaches_any_log_repr_or_error(auth_server: EtcdServer) -> Non
             tracker = conn.service_tracker("/leak")
             tracker.start().get(timeout=10)
             tokens.add(conn.client.transport.token or "")
-            time.sleep(TOKEN_TTL + 1.5)  # idle: the token expires; the next call renews it
+            # let renewals and the watch run past a token TTL (they keep the token in
+            # use, so it need not change: every token seen is searched for below)
+            time.sleep(TOKEN_TTL + 1.5)
             conn.put("/leak/after", "1")
             tokens.add(conn.client.transport.token or "")
             texts += [repr(x) for x in (conn, conn.client, conn.client.transport, key, tracker)]

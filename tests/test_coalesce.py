@@ -4,6 +4,8 @@ etcd. Each caller must get exactly its own result or error."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import pytest
@@ -14,9 +16,8 @@ from geventc.testing import free_port
 from geventc.testing.plugin import EtcdTestContext
 
 
-def _together(count: int, call: object) -> list[object]:
+def _together(count: int, call: Callable[[int], Any]) -> list[Any]:
     """Run ``call(i)`` in ``count`` greenlets started together; their results in order."""
-    assert callable(call)
     greenlets = [gevent.spawn(call, i) for i in range(count)]
     gevent.joinall(greenlets, raise_error=True, timeout=30)
     assert all(g.ready() for g in greenlets)
