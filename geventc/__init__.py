@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .registry import Registry
     from .resolver import Resolver, ServiceInstances
     from .retry import RetryPolicy
+    from .staleness import Staleness
     from .transport import TLSConfig
     from .txn import Compare, Comparison, Op, TxnOp
     from .watchstream import WatchStream
@@ -97,6 +98,7 @@ _LAZY: dict[str, str] = {
     "ServiceInstances": "resolver",
     "ServiceSnapshot": "recipes.tracker",
     "ServiceTracker": "recipes.tracker",
+    "Staleness": "staleness",
     "Status": "wire",
     "TLSConfig": "transport",
     "TxnOp": "txn",
@@ -167,6 +169,7 @@ __all__ = [
     "ServiceInstances",
     "ServiceSnapshot",
     "ServiceTracker",
+    "Staleness",
     "Status",
     "TLSConfig",
     "TxnOp",

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .staleness import Staleness
+
 if TYPE_CHECKING:
     from .connector import Connector
     from .instances import Instance
@@ -565,6 +567,16 @@ def _problem(event: RecipeError) -> None:
         raise event.error
 
 
+def _print_staleness(out: Output, event: Staleness) -> None:
+    """A line saying the data went stale, or is current again."""
+    if event.stale:
+        text = f"STALE: not confirmed current for {event.age:.1f}s (revision {event.revision})"
+    else:
+        text = f"CURRENT again (revision {event.revision})"
+    state = "STALE" if event.stale else "CURRENT"
+    out.line(text, {"event": state, "age": round(event.age, 3), "revision": event.revision})
+
+
 def _text(data: bytes, name: str) -> dict[str, str]:
     """``{name: text}``; bytes that are not UTF-8 also as ``{name}_base64``."""
     try:
@@ -691,6 +703,9 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
                 {"event": "WATCHING", "key": args.key, "prefix": args.prefix, "revision": start},
             )
             for event in changes:
+                if isinstance(event, Staleness):
+                    _print_staleness(out, event)
+                    continue
                 if not isinstance(event, WatchEvent):
                     _problem(event)
                     continue

@@ -8,12 +8,15 @@ bounded series of retries) made in the calling greenlet. Keys and values accept 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
+
+from gevent.pool import Group
 
 from . import validate, wire
 from .coalesce import TXN_MAX_OPS, Coalescer
 from .endpoints import parse_endpoint
 from .errors import InvalidArgument, LeaseNotFound
+from .liveness import Liveness
 from .transport import TLSConfig, Transport, ensure_patched
 from .txn import Comparison, TxnOp, range_request, txn_body
 from .watchstream import WatchStream
@@ -33,6 +36,7 @@ from .wire import (
 )
 
 WATCH_FILTERS = ("NOPUT", "NODELETE")
+W = TypeVar("W", PutResult, DeleteResult, TxnResult, wire.Header)
 
 
 class Client:
@@ -44,6 +48,12 @@ class Client:
     ``pool_size`` is the number of kept-alive connections per endpoint;
     ``max_request_bytes`` mirrors the server's ``--max-request-bytes`` so oversize
     writes fail before they are sent.
+
+    ``keepalive_time`` and ``keepalive_timeout`` (as Go clientv3's
+    ``DialKeepAliveTime``/``DialKeepAliveTimeout``) bound how long a watch stays on a
+    member that stopped answering: each endpoint carrying watches is probed every
+    ``keepalive_time`` seconds and left when it does not answer within
+    ``keepalive_timeout`` (see :mod:`geventc.liveness`).
 
     ``coalesce`` (on by default) sends the ``get``/``get_prefix``/``put``/``delete``
     calls that many greenlets make at the same moment as one txn of at most
@@ -67,8 +77,12 @@ class Client:
         max_request_bytes: int = validate.DEFAULT_MAX_REQUEST_BYTES,
         coalesce: bool = True,
         max_txn_ops: int = TXN_MAX_OPS,
+        keepalive_time: float = 2.0,
+        keepalive_timeout: float = 2.0,
     ) -> None:
         ensure_patched()
+        probe_every = validate.positive_number(keepalive_time, "keepalive_time")
+        probe_timeout = validate.positive_number(keepalive_timeout, "keepalive_timeout")
         self.max_request_bytes = validate.integer(max_request_bytes, "max_request_bytes", minimum=1)
         coalescing = validate.boolean(coalesce, "coalesce")
         txn_ops = validate.integer(max_txn_ops, "max_txn_ops", minimum=1, maximum=100_000)
@@ -80,9 +94,22 @@ class Client:
             timeout=validate.positive_number(timeout, "timeout"),
             connect_timeout=validate.positive_number(connect_timeout, "connect_timeout"),
             pool_size=validate.integer(pool_size, "pool_size", minimum=1, maximum=10_000),
+            keepalive_time=probe_every,
         )
+        #: every background greenlet of this client and of the connector built on it
+        self.group = Group()
+        self.liveness = Liveness(
+            self.transport, self.group, keepalive_time=probe_every, keepalive_timeout=probe_timeout
+        )
+        #: the highest revision this client's own writes produced (read-your-writes)
+        self.written_revision = 0
         self.coalescer = (
-            Coalescer(self.transport, max_ops=txn_ops, max_bytes=self.max_request_bytes // 2)
+            Coalescer(
+                self.transport,
+                max_ops=txn_ops,
+                max_bytes=self.max_request_bytes // 2,
+                group=self.group,
+            )
             if coalescing and txn_ops > 1
             else None
         )
@@ -102,7 +129,9 @@ class Client:
         return list(self.transport.endpoints)
 
     def close(self) -> None:
-        """Close the connection pools; later calls raise :class:`ClientClosed`."""
+        """Stop the client's greenlets and close the connection pools; later calls
+        raise :class:`ClientClosed`."""
+        self.group.kill(block=False)
         self.transport.close()
 
     # --- KV ----------------------------------------------------------------------------
@@ -170,7 +199,7 @@ class Client:
         validate.request_size(len(k) + len(v), self.max_request_bytes, "the put")
         body = wire.put_body(k, v, validate.lease_ref(lease), validate.boolean(prev_kv, "prev_kv"))
         answer = self._single("/v3/kv/put", "request_put", body, (k, b""), len(k) + len(v), True)
-        return wire.decode("put", wire.put_result, answer)
+        return self._wrote(wire.decode("put", wire.put_result, answer))
 
     def delete(self, key: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
         """Delete ``key``; ``deleted`` is 1 if it existed, else 0."""
@@ -179,7 +208,7 @@ class Client:
         answer = self._single(
             "/v3/kv/deleterange", "request_delete_range", body, (k, b""), len(k), True
         )
-        return wire.decode("delete", wire.delete_result, answer)
+        return self._wrote(wire.decode("delete", wire.delete_result, answer))
 
     def delete_prefix(self, prefix: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
         """Delete every key starting with the (non-empty) ``prefix``."""
@@ -188,7 +217,7 @@ class Client:
             raw, wire.prefix_range_end(raw), validate.boolean(prev_kv, "prev_kv")
         )
         answer = self.transport.call("/v3/kv/deleterange", body, write=True)
-        return wire.decode("delete", wire.delete_result, answer)
+        return self._wrote(wire.decode("delete", wire.delete_result, answer))
 
     def compact(self, revision: int, *, physical: bool = False) -> None:
         """Discard history before ``revision``; ``physical`` waits until it is purged."""
@@ -209,7 +238,14 @@ class Client:
         body, size = txn_body(compare, success, failure)
         validate.request_size(size, self.max_request_bytes, "the transaction")
         answer = self.transport.call("/v3/kv/txn", body, write=True)
-        return wire.decode("txn", wire.txn_result, answer)
+        return self._wrote(wire.decode("txn", wire.txn_result, answer))
+
+    def _wrote(self, result: W) -> W:
+        """Note the revision of one of this client's writes (what a recipe started
+        afterwards must reflect)."""
+        header = result if isinstance(result, wire.Header) else result.header
+        self.written_revision = max(self.written_revision, header.revision)
+        return result
 
     def _range(self, request: wire.RangeRequest) -> RangeResult:
         body = request.body()
@@ -244,9 +280,10 @@ class Client:
     def revoke(self, lease: int | Lease) -> None:
         """Revoke a lease, deleting every key attached to it; raises
         :class:`LeaseNotFound` if it does not exist."""
-        self.transport.call(
+        answer = self.transport.call(
             "/v3/lease/revoke", {"ID": str(validate.lease_ref(lease, required=True))}
         )
+        self._wrote(wire.decode("lease revoke", wire.header, answer))
 
     def keepalive_once(self, lease: int | Lease) -> int:
         """Renew a lease once and return its TTL; raises :class:`LeaseNotFound` when
@@ -311,7 +348,7 @@ class Client:
         if chosen:
             body["filters"] = chosen
         start = validate.optional_revision(start_revision, "start_revision")
-        return WatchStream(self.transport, body, start)
+        return WatchStream(self.transport, body, start, self.liveness)
 
     # --- cluster and maintenance -------------------------------------------------------
 

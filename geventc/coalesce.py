@@ -27,6 +27,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+from gevent.pool import Group
 
 from . import errors
 from .transport import Transport
@@ -89,8 +90,11 @@ class Coalescer:
     txns sent and the operations they carried.
     """
 
-    def __init__(self, transport: Transport, *, max_ops: int, max_bytes: int) -> None:
+    def __init__(
+        self, transport: Transport, *, max_ops: int, max_bytes: int, group: Group | None = None
+    ) -> None:
         self.transport = transport
+        self._group = group if group is not None else Group()
         self.max_ops = max_ops
         self.max_bytes = max_bytes
         self._open: dict[bool, _Batch | None] = {False: None, True: None}
@@ -143,7 +147,7 @@ class Coalescer:
         if self._open[batch.write] is batch:
             self._open[batch.write] = None
         if len(batch.slots) > 1:
-            gevent.spawn(self._send, batch)
+            self._group.spawn(self._send, batch)
         elif batch.slots:
             batch.slots[0].retry_alone = True
             batch.slots[0].done.set()

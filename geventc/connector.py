@@ -94,9 +94,9 @@ class Connector:
             raise InvalidArgument("Connector needs a geventc.Client")
         self.client = client
         self.namespace = Namespace(namespace)
-        self.group = Group()
+        self.group: Group = client.group  # the client's greenlets and every recipe's
         self.lease_keeper = LeaseKeeper(client, self.group)
-        self.hub = WatchHub(self, self.group)
+        self.hub = WatchHub(self, self.group, client.liveness)
         self._recipes: list[Recipe[Any]] = []
         self._closed = False
         self.closing = False
@@ -109,6 +109,11 @@ class Connector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def written_revision(self) -> int:
+        """The highest revision this connector's own writes produced."""
+        return self.client.written_revision
 
     @property
     def closed(self) -> bool:

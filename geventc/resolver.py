@@ -5,6 +5,13 @@ shared watch per service per connector); later calls cost no request, and every
 register, deregister or expiry is in the cache as soon as the watch delivers it. An
 instance with ``weight <= 0`` gets ``default_weight``; a malformed value is skipped with
 a warning. ``pick`` chooses by smooth weighted round-robin (or weighted random).
+
+The first answer reflects every registration this connector made before it. When a
+service's cache cannot be confirmed current (no member answers for longer than the
+liveness bound, 5 s by default) its :meth:`Resolver.watch` channels get a
+:class:`ServiceInstances` with ``stale=True`` and the data's age (and one with
+``stale=False`` once current again); :meth:`Resolver.age` and :meth:`Resolver.stale`
+tell the same at any time. ``resolve`` and ``pick`` keep answering from the cache.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from .channel import Channel
 from .errors import InvalidArgument, NoInstances, ProtocolError, Timeout
 from .instances import DEFAULT_WEIGHT, Instance, decode
 from .registry import DEFAULT_PREFIX, check_format, check_prefix
-from .watch import PrefixUpdate
+from .watch import PrefixUpdate, PrefixWatch
 
 if TYPE_CHECKING:
     from .connector import Connector
@@ -33,11 +40,15 @@ STRATEGIES = ("round_robin", "random")
 
 @dataclass(frozen=True, slots=True)
 class ServiceInstances:
-    """A service's instances as of ``revision`` (empty when none is left)."""
+    """A service's instances as of ``revision`` (empty when none is left); ``stale``
+    says they could not be confirmed current for longer than the liveness bound, ``age``
+    how many seconds ago they last were."""
 
     service: str
     instances: tuple[Instance, ...]
     revision: int
+    stale: bool = False
+    age: float = 0.0
 
 
 class _ServiceCache:
@@ -48,13 +59,19 @@ class _ServiceCache:
         self.service = service
         self.instances: tuple[Instance, ...] = ()
         self.revision = 0
+        self.stale = False
+        self.watch: PrefixWatch | None = None
         self.loaded = Event()
         self.channels: list[Channel[ServiceInstances]] = []
         self.current_weight: dict[str, int] = {}
 
     def on_update(self, update: PrefixUpdate) -> None:
-        if update.error is not None:
+        if update.error is not None or not update.events and not update.resynced:
+            if update.stale != self.stale and self.loaded.is_set():
+                self.stale = update.stale
+                self._tell(update.age)
             return
+        self.stale = update.stale
         found = []
         for kv in update.state.values():
             try:
@@ -64,7 +81,14 @@ class _ServiceCache:
         self.instances = tuple(sorted(found, key=lambda i: i.address))
         self.revision = update.revision
         self.loaded.set()
-        snapshot = ServiceInstances(self.service, self.instances, self.revision)
+        self._tell(update.age)
+
+    def snapshot(self, age: float = 0.0) -> ServiceInstances:
+        """The cached instances as an event."""
+        return ServiceInstances(self.service, self.instances, self.revision, self.stale, age)
+
+    def _tell(self, age: float) -> None:
+        snapshot = self.snapshot(age)
         for channel in self.channels:
             channel.put(snapshot)
 
@@ -131,8 +155,18 @@ class Resolver:
         cache = self._cache(service)
         channel: Channel[ServiceInstances] = Channel(latest_only=True)
         cache.channels.append(channel)
-        channel.put(ServiceInstances(service, cache.instances, cache.revision))
+        channel.put(cache.snapshot(self.age(service) if cache.stale else 0.0))
         return channel
+
+    def age(self, service: str) -> float:
+        """Seconds since the service's cached instances were last confirmed current."""
+        watch = self._cache(service).watch
+        return watch.age if watch is not None else 0.0
+
+    def stale(self, service: str) -> bool:
+        """True while the service's cache could not be confirmed current for longer
+        than the liveness bound."""
+        return self._cache(service).stale
 
     def pick(self, service: str) -> Instance:
         """One instance chosen by weight: smooth weighted round-robin by default, or
@@ -163,7 +197,9 @@ class Resolver:
         if cache is None:
             cache = _ServiceCache(self, service)
             self._caches[service] = cache
-            self._conn.hub.subscribe(self._service_prefix(service), cache.on_update)
+            cache.watch = self._conn.hub.subscribe(
+                self._service_prefix(service), cache.on_update, read_your_writes=True
+            )
         if not cache.loaded.is_set():
             started = time.monotonic()
             timeout = self._conn.client.transport.timeout

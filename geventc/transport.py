@@ -10,10 +10,12 @@ failed after it was sent raises :class:`IndeterminateWrite`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -23,9 +25,11 @@ import gevent.lock
 import gevent.monkey
 import urllib3
 import urllib3.util.ssl_ as urllib3_ssl
+from urllib3.connection import HTTPConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     EmptyPoolError,
+    FullPoolError,
     HTTPError,
     NewConnectionError,
     ReadTimeoutError,
@@ -51,6 +55,8 @@ PRIORITY_PATHS = frozenset(
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 #: How long after an attempt's deadline an answer still trickling in is cut off.
 DEADLINE_GRACE = 0.05
+#: Rounds of refused connections on every endpoint after which a call fails at once.
+REFUSED_ROUNDS = 2
 
 
 def ensure_patched() -> None:
@@ -111,12 +117,46 @@ class TLSConfig:
         return options
 
 
+class _PoolMixin:
+    """urllib3's pool, robust against callers interrupted while they wait for a
+    connection (a ``gevent.Timeout`` of a ``stop()`` bound, a killed greenlet): urllib3
+    then gives back a slot it never took, and the next connection returned to the
+    now over-full pool raised ``FullPoolError`` in a request that had succeeded."""
+
+    def _put_conn(self, conn: Any) -> None:
+        # urllib3 closed the surplus connection; the pool keeps its maxsize slots
+        with contextlib.suppress(FullPoolError):
+            super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _HTTPPool(_PoolMixin, urllib3.HTTPConnectionPool):
+    """A plain-http pool (see :class:`_PoolMixin`)."""
+
+
+class _HTTPSPool(_PoolMixin, urllib3.HTTPSConnectionPool):
+    """An https pool (see :class:`_PoolMixin`)."""
+
+
+def stream_socket_options(idle: float) -> list[tuple[int, int, int]]:
+    """urllib3's socket options plus TCP keep-alive probes after ``idle`` seconds of
+    silence, so the kernel notices a peer host that vanished (half-open TCP) under a
+    long-lived watch stream without any request."""
+    options = [*HTTPConnection.default_socket_options, (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    seconds = max(1, round(idle))
+    for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", seconds), ("TCP_KEEPCNT", 2)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
 class _Retryable(Exception):
     """An attempt failed in a way another endpoint (or a later try) may fix."""
 
-    def __init__(self, error: errors.EtcdError) -> None:
+    def __init__(self, error: errors.EtcdError, *, refused: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        #: the endpoint refused the connection: the request certainly never arrived
+        self.refused = refused
 
 
 class Transport:
@@ -138,6 +178,7 @@ class Transport:
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
         pool_size: int = 64,
+        keepalive_time: float = 2.0,
     ) -> None:
         self.endpoints = parse_endpoints(endpoints)
         secure = self.endpoints[0].startswith("https://")
@@ -170,6 +211,7 @@ class Transport:
         # connection for their whole life, so they come from a separate pool that
         # never blocks.
         self._pool_options = {"maxsize": pool_size, **options}
+        self._stream_socket_options = stream_socket_options(keepalive_time)
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
         self._stream_pools: dict[str, urllib3.HTTPConnectionPool] = {}
 
@@ -239,16 +281,23 @@ class Transport:
         if pinned is not None or tried >= len(self.endpoints) or time.monotonic() >= deadline:
             raise error
 
-    def get(self, path: str, endpoint: str | None = None, timeout: float | None = None) -> Any:
+    def get(
+        self,
+        path: str,
+        endpoint: str | None = None,
+        timeout: float | None = None,
+        *,
+        priority: bool = False,
+    ) -> Any:
         """GET ``path`` (``/health``, ``/version``) and return its JSON, whatever the
-        status."""
+        status; ``priority`` never waits behind busy pooled connections."""
         target = endpoint or self.current_endpoint
         self._check_open()
         self.requests += 1
         limit = timeout or self.timeout
         timer = gevent.Timeout.start_new(limit + DEADLINE_GRACE)  # a trickled answer too
         try:
-            response = self._pool(target).urlopen(
+            response = self._pool(target, stream=priority).urlopen(
                 "GET",
                 path,
                 headers=HEADERS,
@@ -372,6 +421,7 @@ class Transport:
         self._check_open()
         headers = HEADERS if token is None else {**HEADERS, "Authorization": token}
         tried = 0
+        refusals = 0  # consecutive attempts whose connection was refused
         backoff = BACKOFF_FIRST
         while True:
             target = endpoint or self.current_endpoint
@@ -380,6 +430,7 @@ class Transport:
                 return response, target
             except _Retryable as failure:
                 error = failure.error
+                refusals = refusals + 1 if failure.refused else 0
             except errors.IndeterminateWrite:
                 if endpoint is None:
                     self.mark_failed(target)  # the next call tries another endpoint
@@ -390,6 +441,13 @@ class Transport:
             remaining = deadline - time.monotonic()
             if endpoint is not None or remaining <= 0:
                 raise error
+            if refusals >= REFUSED_ROUNDS * len(self.endpoints):
+                # nothing listens anywhere (etcd is down): fail now, as gRPC's fail-fast
+                # calls do, instead of knocking on closed ports until the deadline
+                raise errors.ConnectionFailed(
+                    f"every etcd endpoint refused the request ({error.message})",
+                    endpoint=target,
+                )
             if tried % len(self.endpoints) == 0:
                 pause = backoff * (0.5 + random.random())
                 if pause >= remaining:
@@ -411,7 +469,9 @@ class Transport:
     ) -> urllib3.BaseHTTPResponse:
         remaining = max(0.001, deadline - time.monotonic())
         self.requests += 1
-        if not write and not stream and len(self.endpoints) > 1:
+        if not write and len(self.endpoints) > 1:
+            # one silent member (paused, blackholed) must not eat a read's or a stream's
+            # whole deadline: leave it for the next endpoint after half of it
             remaining = min(remaining, max(self.timeout / 2, self.connect_timeout))
         # urllib3's timeouts bound each socket operation; this bounds a trickled answer
         timer = gevent.Timeout.start_new(remaining + DEADLINE_GRACE)
@@ -441,7 +501,8 @@ class Transport:
             error = _transport_error(exc, target, write)
             if isinstance(exc, SSLError) or isinstance(error, errors.IndeterminateWrite):
                 raise error from None  # a TLS set-up error is not cured by another try
-            raise _Retryable(error) from None
+            refused = isinstance(exc, NewConnectionError) and "refused" in str(exc)
+            raise _Retryable(error, refused=refused) from None
         finally:
             timer.close()
         if response.status == 200:
@@ -450,7 +511,9 @@ class Transport:
         response.release_conn()
         error = status.error_from_response(response.status, data, target)
         if isinstance(error, errors.NoLeader | errors.TooManyRequests):
-            raise _Retryable(error)  # refused before the proposal: safe even for writes
+            # refused before the proposal: safe even for writes; a member without a
+            # leader refuses a watch outright (a request may wait out an election)
+            raise _Retryable(error, refused=stream and isinstance(error, errors.NoLeader))
         if isinstance(error, errors.Unavailable | errors.Timeout):
             if write:
                 raise errors.IndeterminateWrite(
@@ -469,7 +532,14 @@ class Transport:
         pools = self._stream_pools if stream else self._pools
         pool = pools.get(endpoint)
         if pool is None:
-            pool = urllib3.connection_from_url(endpoint, block=not stream, **self._pool_options)
+            url = urllib3.util.parse_url(endpoint)
+            secure = url.scheme == "https"
+            options = dict(self._pool_options)
+            if stream:
+                options["socket_options"] = self._stream_socket_options
+            pool_class = _HTTPSPool if secure else _HTTPPool
+            port = url.port or (443 if secure else 80)
+            pool = pool_class(url.host or "", port, block=not stream, **options)
             pools[endpoint] = pool
         return pool
 

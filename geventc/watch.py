@@ -6,22 +6,36 @@ a :class:`PrefixUpdate` for each change, in revision order. After a disconnect i
 resumes from the last revision it applied; when that history was compacted it re-reads
 the prefix and hands listeners the difference as synthetic events (``resynced=True``),
 so their copy is exact again. Problems are reported to listeners (``error``) while it
-keeps trying. :class:`WatchHub` shares one PrefixWatch between all listeners of a prefix.
+keeps trying; an unexpected exception restarts it from a fresh read. :class:`WatchHub`
+shares one PrefixWatch between all listeners of a prefix.
+
+Freshness: the watch knows when its copy was last confirmed current (its stream was
+(re)established, delivered a message, or its member answered a liveness probe). When
+that is longer ago than the liveness bound (``Liveness.stale_after``, 5 s by default),
+or its stream failed on every member, it hands listeners an update with
+``stale=True`` and the copy's ``age``; once current again, one with ``stale=False``.
+
+Read-your-writes: a listener that joins after this client's own writes (their highest
+revision is ``written_revision``) is handed its first state only once the shared copy
+reflects them (a linearizable read tells what that state is).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
 import gevent
+from gevent.event import Event as Signal
 from gevent.pool import Group
 
 from .errors import Compacted, EtcdError
+from .liveness import Liveness
 from .retry import Backoff
 from .watchstream import WatchStream
 from .wire import Event, EventType, KeyValue, RangeResult
@@ -31,6 +45,11 @@ log = logging.getLogger("geventc")
 
 class PrefixSource(Protocol):
     """What a PrefixWatch needs: a range read and a watch (Client or Connector)."""
+
+    @property
+    def written_revision(self) -> int:
+        """The highest revision the source's own writes produced."""
+        ...
 
     def get_prefix(self, prefix: bytes) -> RangeResult: ...
 
@@ -50,13 +69,17 @@ class PrefixUpdate:
 
     ``resynced`` marks the first state and every re-read after compaction; ``error``
     reports a problem while the watch keeps retrying (events and state are then empty
-    and unchanged)."""
+    and unchanged); ``stale`` says the state could not be confirmed current for
+    longer than the liveness bound, ``age`` how many seconds ago it last was (an
+    update without events is sent whenever ``stale`` changes)."""
 
     events: tuple[Event, ...]
     state: Mapping[bytes, KeyValue]
     revision: int
     resynced: bool = False
     error: EtcdError | None = None
+    stale: bool = False
+    age: float = 0.0
 
 
 Listener = Callable[[PrefixUpdate], None]
@@ -65,11 +88,22 @@ Listener = Callable[[PrefixUpdate], None]
 class PrefixWatch:
     """One watch greenlet and stream for a prefix, with the prefix's current keys."""
 
-    def __init__(self, source: PrefixSource, prefix: bytes, group: Group) -> None:
+    def __init__(
+        self,
+        source: PrefixSource,
+        prefix: bytes,
+        group: Group,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.prefix = prefix
         self.revision = 0
         self.synced = False
+        #: True while the copy could not be confirmed current within the bound
+        self.stale = False
         self._failing = False
+        self._confirmed_at = time.monotonic()
+        self._liveness = liveness
+        self._moved = Signal()  # set (and replaced) whenever the copy changes
         self._source = source
         self._state: dict[bytes, KeyValue] = {}
         # listener -> times added; a dict so that removing one of 10,000 is O(1)
@@ -79,6 +113,8 @@ class PrefixWatch:
         self._stream: WatchStream | None = None
         self._view: PrefixUpdate | None = None
         self._greenlet = group.spawn(self._run)
+        if liveness is not None:
+            liveness.follow(self)
 
     def __repr__(self) -> str:
         return f"PrefixWatch({self.prefix!r}, revision={self.revision}, keys={len(self._state)})"
@@ -93,9 +129,26 @@ class PrefixWatch:
         """How many listeners share this watch."""
         return sum(self._listeners.values()) + sum(len(v) for v in self._by_key.values())
 
-    def add(self, listener: Listener, key: bytes | None = None) -> None:
+    @property
+    def age(self) -> float:
+        """Seconds since the copy was last confirmed current."""
+        return max(0.0, time.monotonic() - self._last_confirmed())
+
+    def add(
+        self,
+        listener: Listener,
+        key: bytes | None = None,
+        *,
+        fresh_after: int = 0,
+        timeout: float = 5.0,
+    ) -> None:
         """Add a listener of the whole prefix, or (with ``key``) of one key's events
-        only; once synced it is handed the current state at once."""
+        only; once synced it is handed the current state at once. With
+        ``fresh_after`` (a revision of the caller's own writes) that first state
+        reflects every change up to it: the call waits (at most ``timeout``) until the
+        shared copy has caught up with a linearizable read of the prefix."""
+        if fresh_after and self.revision < fresh_after:
+            self._catch_up(fresh_after, timeout)
         if key is None:
             self._listeners[listener] = self._listeners.get(listener, 0) + 1
         else:
@@ -126,8 +179,66 @@ class PrefixWatch:
         else:
             self._by_key.pop(key, None)
 
+    def _catch_up(self, fresh_after: int, timeout: float) -> None:
+        """Wait until the copy reflects a linearizable read made now (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self.synced:  # its first read may have been sent before the write
+            if self._failing or not self._moved.wait(max(0.0, deadline - time.monotonic())):
+                return  # failing: the listener is told of it, and of the state once read
+        if self.revision >= fresh_after:
+            return
+        read = self._source.get_prefix(self.prefix)
+        target = {kv.key: kv.mod_revision for kv in read.kvs}
+        while self.revision < read.header.revision:
+            if {k: kv.mod_revision for k, kv in self._state.items()} == target:
+                # whatever the stream still holds up to the read nets out to no change
+                self.revision = read.header.revision
+                return
+            if not self._moved.wait(max(0.0, deadline - time.monotonic())):
+                log.info(
+                    "watch on %r did not catch up with revision %d in %.1fs",
+                    self.prefix,
+                    read.header.revision,
+                    timeout,
+                )
+                return
+
+    def check_freshness(self, now: float) -> None:
+        """Tell listeners when the copy goes stale (not confirmed for longer than the
+        liveness bound) or is current again (liveness calls this every second)."""
+        if self._liveness is None or not self.synced:
+            return
+        age = max(0.0, now - self._last_confirmed())
+        connected = self._stream is not None and bool(self._stream.endpoint)
+        if not self.stale and age > self._liveness.stale_after:
+            self._set_stale(True, age)
+        elif self.stale and connected and age <= self._liveness.stale_after:
+            self._set_stale(False, age)
+
+    def _last_confirmed(self) -> float:
+        if self._stream is not None:
+            self._confirmed_at = max(self._confirmed_at, self._stream.confirmed_at)
+        return self._confirmed_at
+
+    def _set_stale(self, stale: bool, age: float) -> None:
+        if stale == self.stale:
+            return
+        self.stale = stale
+        if stale:
+            log.warning(
+                "watch on %r is stale: not confirmed current for %.1fs (revision %d)",
+                self.prefix,
+                age,
+                self.revision,
+            )
+        else:
+            log.info("watch on %r is current again (revision %d)", self.prefix, self.revision)
+        self._publish(PrefixUpdate((), self.state, self.revision, stale=stale, age=age))
+
     def close(self) -> None:
         """Stop the greenlet and the stream."""
+        if self._liveness is not None:
+            self._liveness.unfollow(self)
         if self._stream is not None:
             self._stream.cancel()
         self._greenlet.kill(block=True, timeout=2.0)
@@ -149,16 +260,32 @@ class PrefixWatch:
                 need_read = True
             except EtcdError as exc:
                 log.warning("watch on %r failed (%s); retrying", self.prefix, exc)
-                self._failing = True
-                self._publish(PrefixUpdate((), self.state, self.revision, error=exc))
+                self._trouble(exc)
+                gevent.sleep(backoff.next())
+            except Exception as exc:  # a bug must not end a watch its listeners rely on
+                log.exception("watch on %r crashed; restarting it from a fresh read", self.prefix)
+                self._trouble(EtcdError(f"the watch of {self.prefix!r} crashed: {exc!r}"))
+                need_read = True
                 gevent.sleep(backoff.next())
             finally:
                 if self._stream is not None:
                     self._stream.cancel()
                     self._stream = None
 
+    def _trouble(self, error: EtcdError) -> None:
+        """Tell listeners of ``error``; the copy cannot be current until it is over."""
+        self._failing = True
+        self._publish(
+            PrefixUpdate((), self.state, self.revision, error=error, stale=self.stale, age=self.age)
+        )
+        if self.synced:
+            self._set_stale(True, self.age)
+        self._changed()
+
     def _resync(self) -> None:
+        sent = time.monotonic()
         result = self._source.get_prefix(self.prefix)
+        self._confirmed_at = max(self._confirmed_at, sent)
         fresh = {kv.key: kv for kv in result.kvs}
         events = [
             Event(EventType.DELETE, KeyValue(key=k, mod_revision=result.header.revision), old)
@@ -175,6 +302,7 @@ class PrefixWatch:
         self.synced = True
         self._failing = False
         self._publish(PrefixUpdate(tuple(events), self.state, self.revision, resynced=True))
+        self._changed()
 
     def _follow(self) -> None:
         self._stream = self._source.watch(
@@ -183,6 +311,7 @@ class PrefixWatch:
         if self._failing:  # tell listeners the problem they were told of is over
             self._failing = False
             self._publish(PrefixUpdate((), self.state, self.revision))
+        self._set_stale(False, self.age)
         for response in self._stream:
             for event in response.events:
                 if event.type is EventType.DELETE:
@@ -190,8 +319,15 @@ class PrefixWatch:
                 else:
                     self._state[event.kv.key] = event.kv
             self.revision = max(self.revision, self._stream.start_revision - 1)
+            self._set_stale(False, self.age)
             if response.events:
                 self._publish(PrefixUpdate(response.events, self.state, self.revision))
+            self._changed()
+
+    def _changed(self) -> None:
+        """Wake the callers waiting for the copy to catch up."""
+        moved, self._moved = self._moved, Signal()
+        moved.set()
 
     def _publish(self, update: PrefixUpdate) -> None:
         for listener in list(self._listeners):
@@ -222,9 +358,12 @@ class PrefixWatch:
 class WatchHub:
     """Shares one :class:`PrefixWatch` between every listener of a prefix."""
 
-    def __init__(self, source: PrefixSource, group: Group) -> None:
+    def __init__(
+        self, source: PrefixSource, group: Group, liveness: Liveness | None = None
+    ) -> None:
         self._source = source
         self._group = group
+        self._liveness = liveness
         self._watches: dict[bytes, PrefixWatch] = {}
 
     @property
@@ -232,14 +371,25 @@ class WatchHub:
         """How many prefix watches (HTTP watch streams) are open."""
         return len(self._watches)
 
-    def subscribe(self, prefix: bytes, listener: Listener, key: bytes | None = None) -> PrefixWatch:
+    def subscribe(
+        self,
+        prefix: bytes,
+        listener: Listener,
+        key: bytes | None = None,
+        *,
+        read_your_writes: bool = False,
+        timeout: float = 5.0,
+    ) -> PrefixWatch:
         """Start (or join) the watch of ``prefix`` with ``listener`` (of one ``key``'s
-        events only, if given)."""
+        events only, if given). With ``read_your_writes`` the listener's first state
+        reflects every write the source made before this call (waiting at most
+        ``timeout`` for a shared watch to catch up)."""
         watch = self._watches.get(prefix)
         if watch is None:
-            watch = PrefixWatch(self._source, prefix, self._group)
+            watch = PrefixWatch(self._source, prefix, self._group, self._liveness)
             self._watches[prefix] = watch
-        watch.add(listener, key)
+        fresh_after = self._source.written_revision if read_your_writes else 0
+        watch.add(listener, key, fresh_after=fresh_after, timeout=timeout)
         return watch
 
     def unsubscribe(self, prefix: bytes, listener: Listener, key: bytes | None = None) -> None:

@@ -26,6 +26,7 @@ from . import errors, status, wire
 from .wire import JSON, WatchResponse
 
 if TYPE_CHECKING:
+    from .liveness import Liveness
     from .transport import Transport
 
 log = logging.getLogger("geventc")
@@ -39,11 +40,25 @@ class WatchStream:
     """An iterator of :class:`WatchResponse` batches for one key or prefix.
 
     ``start_revision`` is where the watch (re)starts next; ``created_revision`` the
-    store revision when the server first confirmed the watch.
+    store revision when the server first confirmed the watch; ``confirmed_at`` the
+    monotonic time it was last known current (its member confirmed it, sent it a
+    message, or answered a liveness probe). With a :class:`~geventc.liveness.Liveness`
+    a member that stops answering is left within its bound and the watch resumed on
+    the next one. A stream that cannot be re-established on any endpoint raises: at
+    once when every endpoint refused it (down, or without a raft leader) twice in a
+    row, else after the client's timeout.
     """
 
-    def __init__(self, transport: Transport, request: JSON, start_revision: int) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        request: JSON,
+        start_revision: int,
+        liveness: Liveness | None = None,
+    ) -> None:
         self._transport = transport
+        self._liveness = liveness
+        self.confirmed_at = 0.0
         self._request = request
         self._response: urllib3.BaseHTTPResponse | None = None
         self._endpoint = ""
@@ -76,6 +91,26 @@ class WatchStream:
         self.cancel()
 
     @property
+    def endpoint(self) -> str:
+        """The endpoint the watch is established on now, or ``""`` while it is not."""
+        return self._endpoint if self._response is not None else ""
+
+    def confirm(self, at: float) -> None:
+        """Its member answered a liveness probe sent at ``at``: current as of then."""
+        self.confirmed_at = max(self.confirmed_at, at)
+
+    def stall(self, reason: str) -> None:
+        """Its member stopped answering (``reason``): cut the connection, so the
+        iteration resumes on another endpoint from the next revision."""
+        if self._response is None or self._cancelled:
+            return
+        log.info("watch on %s stalled (%s)", self._endpoint, reason)
+        if self._reading:
+            self._interrupt()  # the reading greenlet fails over
+        else:
+            self._drop_connection()  # the next read reconnects
+
+    @property
     def cancelled(self) -> bool:
         """True once :meth:`cancel` was called or the stream ended with an error."""
         return self._cancelled
@@ -101,16 +136,21 @@ class WatchStream:
 
     def _next_response(self) -> WatchResponse:
         outage_deadline: float | None = None
+        refusals = 0  # consecutive re-establishments refused outright
         while not self._cancelled:
             try:
                 if self._response is None:
                     self._connect(outage_deadline or time.monotonic() + self._transport.timeout)
+                    refusals = 0
                 response = self._accept(self._next_message())
             except _TRANSIENT as exc:
                 if self.cancelled:  # cancel() from another greenlet broke the read
                     break
                 now = time.monotonic()
-                if outage_deadline is not None and now >= outage_deadline:
+                if outage_deadline is not None:
+                    refusals = refusals + 1 if _refused(exc) else 0
+                gone = refusals > _REFUSED_ROUNDS * len(self._transport.endpoints)
+                if gone or (outage_deadline is not None and now >= outage_deadline):
                     self._fail()
                     raise _as_error(exc, self._endpoint) from None
                 if outage_deadline is not None:
@@ -164,6 +204,9 @@ class WatchStream:
                 endpoint=endpoint,
             )
         self._seen_revision = max(self._seen_revision, created.header.revision)
+        self.confirmed_at = time.monotonic()
+        if self._liveness is not None:
+            self._liveness.attach(self)
         if not self.created_revision:
             self.created_revision = created.header.revision
         if not self.start_revision:
@@ -184,6 +227,7 @@ class WatchStream:
     def _accept(self, message: Any) -> WatchResponse | None:
         response = self._decode(message)
         self._check_cancel(response)
+        self.confirmed_at = time.monotonic()
         self._seen_revision = max(self._seen_revision, response.header.revision)
         if response.created:
             return None
@@ -252,6 +296,8 @@ class WatchStream:
                 self._response.shutdown()
 
     def _drop_connection(self) -> None:
+        if self._liveness is not None:
+            self._liveness.detach(self)
         self._interrupt()
         response, self._response = self._response, None
         if response is None:
@@ -278,6 +324,18 @@ _TRANSIENT = (
     errors.ProtocolError,  # a garbled message: resume on the next endpoint
     _StreamEnded,
 )
+
+
+#: Rounds of outright refusals on every endpoint after which a stream gives up at once.
+_REFUSED_ROUNDS = 2
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when an endpoint answered that it cannot serve the watch at all: nothing
+    listens there, or it has no raft leader."""
+    if isinstance(exc, errors.NoLeader):
+        return True
+    return isinstance(exc, errors.ConnectionFailed) and "refused" in exc.message
 
 
 def _as_error(exc: BaseException, endpoint: str) -> errors.EtcdError:

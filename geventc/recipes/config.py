@@ -15,7 +15,14 @@ predicate. A value that fails to decode is reported (a :class:`RecipeError` carr
 :class:`ConfigDecodeError`, and a log warning) and the key keeps its previous good value.
 After a disconnect the watch resumes where it stopped; after compaction it re-reads the
 path and the watcher reports the differences as changes, so the mapping equals the
-server's state again.
+server's state again. The first state reflects every write this connector made before
+``start()``.
+
+When the mapping cannot be confirmed current (no member answers for longer than the
+liveness bound, 5 s by default) the changes channel gets a
+:class:`~geventc.staleness.Staleness` event with ``stale=True`` and the data's age, and
+one with ``stale=False`` once it has caught up; :attr:`ConfigWatcher.stale` and
+:attr:`ConfigWatcher.age` tell the same at any time.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from gevent.event import Event
 from .. import validate
 from ..channel import Channel
 from ..errors import EtcdError, InvalidArgument, RecipeStateError, Timeout
-from ..watch import PrefixUpdate
+from ..staleness import Staleness
+from ..watch import PrefixUpdate, PrefixWatch
 from ..wire import Event as WatchedEvent
 from ..wire import EventType, KeyValue
 from .base import Recipe, RecipeError
@@ -89,7 +97,7 @@ def _utf8(value: bytes) -> str:
     return value.decode("utf-8")
 
 
-class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
+class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
     """The keys under ``prefix`` as a live read-only mapping; see the module docstring.
 
     Like every live object it compares by identity; compare ``dict(config)`` or
@@ -111,6 +119,8 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
         self._values: dict[str, Any] = {}  # replaced, never changed: iteration is safe
         self._raw: dict[str, bytes] = {}  # the stored bytes of every value in _values
         self._revision = 0
+        self._watch: PrefixWatch | None = None
+        self._stale = False
         self._loaded = False
         self._first_update = Event()
         self._load_error: EtcdError | None = None
@@ -161,20 +171,35 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
         """The etcd revision the mapping reflects (0 before the first state)."""
         return self._revision
 
+    @property
+    def stale(self) -> bool:
+        """True while the mapping could not be confirmed current for longer than the
+        liveness bound (see :class:`~geventc.staleness.Staleness`)."""
+        return self._stale
+
+    @property
+    def age(self) -> float:
+        """Seconds since the mapping was last confirmed current (0.0 before start)."""
+        return self._watch.age if self._watch is not None and self._running else 0.0
+
     # --- life cycle ----------------------------------------------------------------------
 
-    def start(self, *, maxsize: int | None = None) -> Channel[ConfigChange | RecipeError]:
+    def start(
+        self, *, maxsize: int | None = None
+    ) -> Channel[ConfigChange | Staleness | RecipeError]:
         """Load the current state and follow it; returns the changes channel once the
         mapping holds the first state. Waits at most the client's timeout (and a
         moment for the read's error); if the state cannot be loaded the watcher is
         stopped and the error raised. ``maxsize`` bounds the channel (its oldest change
         is dropped when full); unbounded by default, so read it or bound it."""
         self._begin(maxsize=maxsize)  # a second start() raises here and changes nothing
-        self._conn.hub.subscribe(self._prefix, self._on_update)
+        self._watch = self._conn.hub.subscribe(
+            self._prefix, self._on_update, read_your_writes=True
+        )
         self._await_first_state()
         return self.channel
 
-    def changes(self) -> Channel[ConfigChange | RecipeError]:
+    def changes(self) -> Channel[ConfigChange | Staleness | RecipeError]:
         """The channel of changes (and reported problems) that :meth:`start` returned."""
         return self.channel
 
@@ -267,6 +292,7 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
             return
         if update.error is not None:
             self._on_error(update.error)
+            self._note_freshness(update)
             return
         if update.resynced:
             outcomes = self._resync(update.state, update.revision)
@@ -278,6 +304,12 @@ class ConfigWatcher(Recipe[ConfigChange], Mapping[str, Any]):
             outcomes = [o for o in outcomes if isinstance(o, ConfigDecodeError)]
             self._first_update.set()
         self._publish(outcomes)
+        self._note_freshness(update)
+
+    def _note_freshness(self, update: PrefixUpdate) -> None:
+        if update.stale != self._stale and self._loaded:
+            self._stale = update.stale
+            self._emit(Staleness(update.stale, update.age, update.revision))
 
     def _on_error(self, error: EtcdError) -> None:
         if self._loaded:

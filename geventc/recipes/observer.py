@@ -6,10 +6,16 @@ established; a failure to establish it is reported on the channel). The observer
 survives endpoint failover and server restarts by resuming at the revision after the
 last event it delivered. When the history it needs was compacted it sends a fatal
 :class:`RecipeError` carrying :class:`Compacted` and stops: it never skips silently.
+
+When its watch cannot be confirmed current (no member answers for longer than the
+liveness bound, 5 s by default, or the watch failed on every member) it sends a
+:class:`~geventc.staleness.Staleness` event with ``stale=True`` and the age of what it
+knows, and one with ``stale=False`` once its watch is established again.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +26,8 @@ from .. import validate
 from ..channel import Channel
 from ..errors import Compacted, EtcdError
 from ..retry import Backoff
+from ..staleness import Staleness
+from ..watchstream import WatchStream
 from ..wire import EventType
 from .base import Recipe, RecipeError
 
@@ -43,27 +51,33 @@ class WatchEvent:
         return self.value.decode("utf-8", "replace")
 
 
-class Observer(Recipe[WatchEvent]):
+class Observer(Recipe[WatchEvent | Staleness]):
     """Delivers every change under ``path``; see the module docstring."""
 
     def __init__(self, conn: Connector, path: str) -> None:
         super().__init__(conn)
         self.path = conn.namespace.strip(conn.namespace.key(path, "path"))
         self.next_revision = 0
+        #: True while the watch could not be confirmed current within the bound
+        self.stale = False
         self._established = Event()  # set after the first watch attempt, good or bad
+        self._stream: WatchStream | None = None
+        self._confirmed_at = 0.0
 
     def __repr__(self) -> str:
         return f"Observer({self.path.decode()!r})"
 
     def start(
         self, start_revision: int = 0, recursive: bool = False, *, maxsize: int | None = None
-    ) -> Channel[WatchEvent | RecipeError]:
+    ) -> Channel[WatchEvent | Staleness | RecipeError]:
         """Start delivering changes from ``start_revision`` (0: from now); with
         ``recursive`` every key under the path. ``maxsize`` bounds the channel."""
         first = validate.revision(start_revision, "start_revision")
         recursive = validate.boolean(recursive, "recursive")
         self._begin(maxsize=maxsize)  # a second start() raises here and changes nothing
         self.next_revision = first
+        self._confirmed_at = time.monotonic()
+        self._conn.client.liveness.follow(self)
         self._spawn(self._observe, recursive)
         if not self.next_revision:  # "now" is when the watch exists: no change is missed
             self._established.wait(self._conn.client.transport.timeout)
@@ -86,9 +100,12 @@ class Observer(Recipe[WatchEvent]):
                     prev_kv=True,
                 )
                 self.next_revision = stream.start_revision
+                self._stream = stream
                 self._established.set()
+                self._freshness(False)
                 try:
                     for response in stream:
+                        self._freshness(False)
                         for event in response.events:
                             self._deliver(
                                 event.type,
@@ -100,6 +117,8 @@ class Observer(Recipe[WatchEvent]):
                         self.next_revision = stream.start_revision
                         backoff.reset()
                 finally:
+                    self._age()  # keep the stream's last confirmation
+                    self._stream = None
                     stream.cancel()
             except Compacted as exc:
                 self._report(exc, fatal=True)
@@ -108,7 +127,32 @@ class Observer(Recipe[WatchEvent]):
             except EtcdError as exc:
                 self._report(exc)
                 self._established.set()
+                self._freshness(True)  # no member could serve the watch just now
                 gevent.sleep(backoff.next())
+
+    # --- freshness (liveness calls check_freshness every second) -------------------------
+
+    def check_freshness(self, now: float) -> None:
+        """Send :class:`Staleness` when the watch goes stale or is current again."""
+        if not self._running:
+            self._conn.client.liveness.unfollow(self)
+            return
+        connected = self._stream is not None and bool(self._stream.endpoint)
+        stale_after = self._conn.client.liveness.stale_after
+        age = self._age(now)
+        if age > stale_after or (self.stale and connected):
+            self._freshness(age > stale_after)
+
+    def _age(self, now: float | None = None) -> float:
+        if self._stream is not None:
+            self._confirmed_at = max(self._confirmed_at, self._stream.confirmed_at)
+        return max(0.0, (now or time.monotonic()) - self._confirmed_at)
+
+    def _freshness(self, stale: bool) -> None:
+        if stale == self.stale:
+            return
+        self.stale = stale
+        self._emit(Staleness(stale, self._age(), max(0, self.next_revision - 1)))
 
     def _deliver(
         self, kind: EventType, key: bytes, value: bytes, prev: bytes | None, revision: int

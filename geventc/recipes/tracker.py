@@ -1,7 +1,9 @@
 """ServiceTracker: the instances registered under a path, as snapshots.
 
 The first snapshot is the current state (read, then watched from the read's revision
-+ 1: no gap, no duplicate); then one snapshot per change of a name or value. The channel
++ 1: no gap, no duplicate), including every write this connector made before
+``start()``; then one snapshot per change of a name or value, and one whenever the
+services stop or start again being known to be current (``stale``). The channel
 keeps only the newest snapshot, so a slow consumer never reads a backlog. Trackers of
 one path in one connector share one watch stream; after a disconnect the watch resumes
 from its last revision, and after compaction it re-reads and the tracker emits the
@@ -29,11 +31,15 @@ if TYPE_CHECKING:
 class ServiceSnapshot:
     """Every instance under the tracked path: name (key relative to the path) ->
     value, as of ``revision``; ``error`` reports a problem the tracker is riding out
-    (the next snapshot without one says it is over)."""
+    (the next snapshot without one says it is over). ``stale`` says the services could
+    not be confirmed current for longer than the liveness bound (``age`` seconds
+    since they last were); a snapshot is sent whenever ``stale`` changes."""
 
     services: Mapping[str, str]
     revision: int
     error: EtcdError | None = None
+    stale: bool = False
+    age: float = 0.0
 
 
 class _LastChange:
@@ -51,7 +57,7 @@ class _LastChange:
 class ServiceTracker(Recipe[ServiceSnapshot]):
     """Follows the instances under ``path``; see the module docstring."""
 
-    __slots__ = ("_last", "_prefix", "_troubled", "path")
+    __slots__ = ("_last", "_prefix", "_stale", "_troubled", "path")
 
     def __init__(self, conn: Connector, path: str) -> None:
         super().__init__(conn)
@@ -60,6 +66,7 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
         self._prefix = self.path if self.path.endswith(b"/") else self.path + b"/"
         self._last: Mapping[str, str] | None = None
         self._troubled = False  # the newest snapshot sent reports an error
+        self._stale = False  # the newest snapshot sent says the services are stale
 
     def __repr__(self) -> str:
         return f"ServiceTracker({self.path.decode()!r})"
@@ -67,7 +74,7 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
     def start(self) -> Channel[ServiceSnapshot | RecipeError]:
         """Start tracking; the channel's first snapshot is the current state."""
         self._begin(latest_only=True)
-        self._conn.hub.subscribe(self._prefix, self._on_change)
+        self._conn.hub.subscribe(self._prefix, self._on_change, read_your_writes=True)
         return self.channel
 
     @property
@@ -79,16 +86,23 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
         if not self._running:
             return
         if update.error is not None:
-            self._troubled = True
-            self._emit(ServiceSnapshot(self.services, update.revision, update.error))
+            self._troubled, self._stale = True, update.stale
+            self._emit(
+                ServiceSnapshot(
+                    self.services, update.revision, update.error, update.stale, update.age
+                )
+            )
             return
         services = self._shared_apply(update)
         if services is not None:
             self._last = services
-        elif not self._troubled:
+        elif not self._troubled and update.stale == self._stale:
             return  # no name or value changed, e.g. a re-put of the same value
         self._troubled = False  # a snapshot without error tells the problem is over
-        self._emit(ServiceSnapshot(self.services, update.revision))
+        self._stale = update.stale
+        self._emit(
+            ServiceSnapshot(self.services, update.revision, stale=update.stale, age=update.age)
+        )
 
     def _shared_apply(self, update: PrefixUpdate) -> Mapping[str, str] | None:
         """:meth:`_apply`, computed once for all trackers with the same path and view."""

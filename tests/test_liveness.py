@@ -1,0 +1,193 @@
+"""No silent staleness: watches leave a member that stopped answering, recipes say when
+they cannot be current, and a recipe started after this connector's writes shows them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+
+import geventc
+from geventc import (
+    Connector,
+    Instance,
+    Registry,
+    Resolver,
+    ServiceSnapshot,
+    Staleness,
+    WatchEvent,
+)
+from geventc.testing.plugin import EtcdTestContext
+
+#: The documented bound: keepalive_time + keepalive_timeout (4 s) to leave a silent
+#: member, stale_after (5 s) to say so; generous margin for a loaded 2-core machine.
+BOUND = 5.0
+MARGIN = 4.0
+
+
+def _connector_on(ctx: EtcdTestContext, first: str, **options: Any) -> Connector:
+    """A connector whose current endpoint is ``first``."""
+    others = [e for e in ctx.endpoints if e != first]
+    options = {**ctx.cluster.client_options(), **options}
+    return geventc.connect([first, *others], namespace=ctx.prefix, **options)
+
+
+def _until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until ``condition()``; return how long it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} not within {timeout}s")
+        gevent.sleep(0.02)
+    return time.monotonic() - started
+
+
+def _latest(channel: Any, kind: type[Any]) -> Iterator[Any]:
+    """Every item of ``kind`` pending on ``channel`` now."""
+    while (item := channel.get_nowait()) is not None:
+        if isinstance(item, kind):
+            yield item
+
+
+@pytest.mark.cluster
+def test_a_paused_member_is_left_and_recipes_see_writes_made_elsewhere(
+    etcd_cluster: EtcdTestContext,
+) -> None:
+    cluster = etcd_cluster.cluster
+    used = cluster.followers()[0]
+    other = next(m for m in cluster.members if m is not used)
+    with (
+        _connector_on(etcd_cluster, used.client_url) as conn,
+        geventc.connect([other.client_url], namespace=etcd_cluster.prefix) as writer,
+    ):
+        conn.put("/svc/a", "1")
+        tracker = conn.service_tracker("/svc")
+        snapshots = tracker.start()
+        observer = conn.observer("/svc")
+        events = observer.start(recursive=True)
+        config = conn.config("/svc")
+        config.start()
+        assert snapshots.get(timeout=10).services == {"a": "1"}  # type: ignore[union-attr]
+        cluster.pause(used)
+        started = time.monotonic()
+        writer.put("/svc/b", "2")
+        _until(lambda: tracker.services.get("b") == "2", BOUND + MARGIN, "the tracker update")
+        _until(lambda: config.get("b") == "2", BOUND + MARGIN, "the config update")
+        seen = [e for e in _drain_until(events, "/svc/b", BOUND + MARGIN)]
+        assert [(e.key, e.value) for e in seen] == [("/svc/b", b"2")]  # once, nothing older
+        elapsed = time.monotonic() - started
+        assert elapsed < BOUND + MARGIN
+        assert conn.client.liveness.stalls >= 1
+        assert conn.client.transport.current_endpoint != used.client_url
+
+
+def _drain_until(channel: Any, key: str, timeout: float) -> Iterator[WatchEvent]:
+    deadline = time.monotonic() + timeout
+    while True:
+        item = channel.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(item, WatchEvent):
+            yield item
+            if item.key == key:
+                return
+
+
+@pytest.mark.cluster
+def test_a_member_without_a_leader_makes_recipes_say_they_are_stale(
+    etcd_cluster: EtcdTestContext,
+) -> None:
+    # 2 of 3 members killed: the one left has no leader; nothing can be current. Go's
+    # clientv3 WithRequireLeader watch ends about 4 s after the second kill.
+    cluster = etcd_cluster.cluster
+    kept = cluster.followers()[0]
+    with _connector_on(etcd_cluster, kept.client_url) as conn:
+        conn.put("/s/a", "1")
+        tracker = conn.service_tracker("/s")
+        snapshots = tracker.start()
+        observer = conn.observer("/s")
+        events = observer.start(recursive=True)
+        config = conn.config("/s")
+        changes = config.start()
+        assert snapshots.get(timeout=10).services == {"a": "1"}  # type: ignore[union-attr]
+        for member in cluster.members:
+            if member is not kept:
+                cluster.kill(member)
+        started = time.monotonic()
+        stale = _next(snapshots, lambda s: isinstance(s, ServiceSnapshot) and s.stale, 15)
+        took = time.monotonic() - started
+        assert stale.services == {"a": "1"}  # what it last knew, said to be stale
+        assert _next(events, lambda e: isinstance(e, Staleness) and e.stale, 5)
+        assert _next(changes, lambda e: isinstance(e, Staleness) and e.stale, 5)
+        assert config.stale and config.age > 0
+        assert took < BOUND + MARGIN, f"stale only after {took:.1f}s"
+        cluster.heal()
+        current = _next(snapshots, lambda s: isinstance(s, ServiceSnapshot) and not s.stale, 20)
+        assert current.services == {"a": "1"}
+        assert _next(events, lambda e: isinstance(e, Staleness) and not e.stale, 20)
+        _until(lambda: not config.stale, 20, "config current again")
+
+
+def _next(channel: Any, matches: Callable[[Any], bool], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        item = channel.get(timeout=max(0.01, deadline - time.monotonic()))
+        if matches(item):
+            return item
+
+
+def test_a_tracker_started_after_own_writes_shows_them(etcd: EtcdTestContext) -> None:
+    # three ephemeral keys, then a tracker on their parent: its first snapshot held only
+    # the first key (it joined the keys' shared watch before that had caught up)
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix) as conn:
+        for attempt in range(10):
+            parent = f"/fleet{attempt}"
+            keys = [conn.ephemeral_key(f"{parent}/k{i}") for i in range(3)]
+            for key in keys:
+                key.create("up", ttl=30)
+            first = conn.service_tracker(parent).start().get(timeout=10)
+            assert isinstance(first, ServiceSnapshot)
+            assert dict(first.services) == {"k0": "up", "k1": "up", "k2": "up"}
+            config = conn.config(parent)
+            config.start()
+            assert dict(config) == {"k0": "up", "k1": "up", "k2": "up"}
+            config.stop()
+
+
+def test_a_resolver_after_two_registrations_resolves_both(etcd: EtcdTestContext) -> None:
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix) as conn:
+        registry = Registry(conn, ttl=30)
+        for attempt in range(30):
+            service = f"svc{attempt}"
+            registry.register(Instance(service, "10.0.0.1:80"))
+            registry.register(Instance(service, "10.0.0.2:80"))
+            resolver = Resolver(conn)
+            found = {i.address for i in resolver.resolve(service)}
+            assert found == {"10.0.0.1:80", "10.0.0.2:80"}, f"attempt {attempt}"
+            resolver.close()
+        registry.close()
+
+
+def test_liveness_costs_a_probe_per_endpoint_not_per_watch(etcd: EtcdTestContext) -> None:
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix) as conn:
+        trackers = [conn.service_tracker(f"/p{i % 50}").start() for i in range(1000)]
+        for channel in trackers[:50]:
+            channel.get(timeout=10)
+        liveness = conn.client.liveness
+        assert conn.hub.streams == 50
+        window = 3 * liveness.keepalive_time
+        before, probes = conn.client.transport.requests, liveness.probes
+        gevent.sleep(window)
+        sent = conn.client.transport.requests - before
+        # one endpoint in use: one probe per keepalive_time, whatever the watches
+        assert liveness.probes - probes <= window / liveness.keepalive_time + 1
+        assert sent == liveness.probes - probes
+        assert liveness.stalls == 0
+
+
+def test_bad_keepalive_settings_are_refused(etcd: EtcdTestContext) -> None:
+    for name in ("keepalive_time", "keepalive_timeout"):
+        for bad in (0, -1, "2", None):
+            with pytest.raises(geventc.InvalidArgument, match=name):
+                geventc.Client(etcd.endpoints, **{name: bad})
