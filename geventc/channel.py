@@ -7,6 +7,10 @@ event put before the close and then ends. Putting never blocks the recipe's gree
   event when full, counts it in ``dropped`` and logs a warning;
 - a *snapshot* channel (``latest_only=True``) keeps only the newest item, so a slow
   consumer always reads the current state and never a backlog.
+
+``get(timeout=...)`` raises :class:`~geventc.errors.ChannelTimeout` (a
+:class:`~geventc.errors.Timeout`, so an ``Exception``) when nothing came in time, and
+:class:`~geventc.errors.ChannelClosed` once the channel is closed and drained.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-import gevent
 from gevent.event import Event
 
-from .errors import ChannelClosed, InvalidArgument
+from .errors import ChannelClosed, ChannelTimeout, InvalidArgument
 
 T = TypeVar("T")
 log = logging.getLogger("geventc")
@@ -78,7 +81,8 @@ class Channel(Generic[T]):
 
     def get(self, timeout: float | None = None) -> T:
         """The next event; raises :class:`ChannelClosed` when closed and drained, or
-        ``gevent.Timeout`` after ``timeout`` seconds."""
+        :class:`ChannelTimeout` (a geventc :class:`~geventc.errors.Timeout`) when no
+        event came within ``timeout`` seconds (None: wait for ever)."""
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout
         ):
@@ -90,7 +94,7 @@ class Channel(Generic[T]):
                 self._ready = Event()
             self._ready.clear()
             if not self._ready.wait(timeout):
-                raise gevent.Timeout(timeout)
+                raise ChannelTimeout(f"no event within {timeout}s")
         return self._items.popleft()
 
     def get_nowait(self) -> T | None:

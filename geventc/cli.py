@@ -37,7 +37,7 @@ from .staleness import Staleness
 if TYPE_CHECKING:
     from .connector import Connector
     from .instances import Instance
-    from .recipes.base import RecipeError
+    from .recipes.base import RecipeError, Release
     from .recipes.election import ElectionEvent
     from .recipes.health import ClusterHealth
     from .transport import TLSConfig
@@ -567,6 +567,15 @@ def _problem(event: RecipeError) -> None:
         raise event.error
 
 
+def _released(release: Release, out: Output, text: str, data: dict[str, Any]) -> None:
+    """Say ``text`` when etcd confirmed the release; else fail the command (exit 1)
+    saying what is left and when it expires."""
+    if release.confirmed:
+        out.line(text, data)
+        return
+    raise CommandError(release.detail)
+
+
 def _print_staleness(out: Output, event: Staleness) -> None:
     """A line saying the data went stale, or is current again."""
     if event.stale:
@@ -660,7 +669,9 @@ def _put_ephemeral(conn: Connector, args: argparse.Namespace, out: Output) -> in
             {"event": "CREATED", "key": name, "ttl": args.ttl},
         )
         for event in events:
-            if isinstance(event, EphemeralEvent):
+            if isinstance(event, Staleness):
+                _print_staleness(out, event)
+            elif isinstance(event, EphemeralEvent):
                 reason = f": {event.reason}" if event.reason else ""
                 out.line(
                     f"{event.status.value} {event.key}{reason}",
@@ -669,8 +680,7 @@ def _put_ephemeral(conn: Connector, args: argparse.Namespace, out: Output) -> in
             else:
                 _problem(event)
     finally:
-        key.delete()
-        out.line(f"deleted {name}", {"event": "DELETED", "key": name})
+        _released(key.delete(), out, f"deleted {name}", {"event": "DELETED", "key": name})
     return EXIT_OK
 
 
@@ -739,8 +749,8 @@ def cmd_elect(args: argparse.Namespace, settings: Settings) -> int:
                 else:
                     _problem(event)
         finally:
-            elector.stop()
-            out.line(f"resigned from {path}", {"event": "RESIGNED", "path": path})
+            resigned = elector.stop()
+            _released(resigned, out, f"resigned from {path}", {"event": "RESIGNED", "path": path})
     return EXIT_OK
 
 
@@ -748,7 +758,7 @@ def _election_text(event: ElectionEvent) -> str:
     status = event.status.value
     if status == "LEADER":
         return f"LEADER (fencing token {event.fencing_token})"
-    text = f"{status} (leader: {event.leader or 'none'})"
+    text = f"{status} (leader: {event.leader or 'none'})" + (" STALE" if event.stale else "")
     return text + (f": {event.error}" if event.error else "")
 
 
@@ -758,6 +768,7 @@ def _election_data(event: ElectionEvent, path: str) -> dict[str, Any]:
         "path": path,
         "leader": event.leader,
         "fencing_token": event.fencing_token,
+        "stale": event.stale,
     }
     if event.error is not None:
         data["error"] = str(event.error)
@@ -783,7 +794,9 @@ def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
                 {"event": "REGISTERED", "ttl": registry.ttl, **data},
             )
             for event in registry.events():
-                if isinstance(event, EphemeralEvent):
+                if isinstance(event, Staleness):
+                    _print_staleness(out, event)
+                elif isinstance(event, EphemeralEvent):
                     reason = f": {event.reason}" if event.reason else ""
                     out.line(
                         f"{event.status.value} {registered.service} at {registered.address}"
@@ -793,8 +806,9 @@ def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
                 else:
                     _problem(event)
         finally:
-            registry.close()
-            out.line(
+            _released(
+                registry.close(),
+                out,
                 f"deregistered {registered.service} at {registered.address}",
                 {"event": "DEREGISTERED", **data},
             )

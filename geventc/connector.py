@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gevent.pool import Group
 
 from . import validate
@@ -39,7 +41,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from .recipes.base import Recipe
+    from .recipes.base import Recipe, Release
     from .recipes.config import ConfigWatcher
     from .recipes.election import LeaderElector
     from .recipes.ephemeral import EphemeralKey
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
     from .recipes.tracker import ServiceTracker
 
 log = logging.getLogger("geventc")
+
+#: How long a recipe's ``stop()`` and the connector's ``close()`` may take by default.
+DEFAULT_STOP_TIMEOUT = 1.0
 
 
 def prepare_endpoint_list(hosts: Iterable[str], port: int, scheme: str = "http") -> list[str]:
@@ -79,19 +84,35 @@ def _is_ipv6(text: str) -> bool:
         return False
 
 
-def connect(endpoints: Any, namespace: str | None = None, **client_options: Any) -> Connector:
-    """A :class:`Connector` to ``endpoints`` with keys under ``namespace``; the options
+def connect(
+    endpoints: Any,
+    namespace: str | None = None,
+    *,
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    **client_options: Any,
+) -> Connector:
+    """A :class:`Connector` to ``endpoints`` with keys under ``namespace``;
+    ``stop_timeout`` bounds every recipe's ``stop()`` and ``close()``; the other options
     are those of :class:`Client` (username, password, tls, timeout, ...)."""
     Namespace(namespace)  # refuse a bad namespace before opening anything
-    return Connector(Client(endpoints, **client_options), namespace)
+    validate.positive_number(stop_timeout, "stop_timeout")
+    return Connector(Client(endpoints, **client_options), namespace, stop_timeout=stop_timeout)
 
 
 class Connector:
     """A :class:`Client` whose keys live under a namespace, and the recipe factory."""
 
-    def __init__(self, client: Client, namespace: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        namespace: str | None = None,
+        *,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> None:
         if not isinstance(client, Client):
             raise InvalidArgument("Connector needs a geventc.Client")
+        #: how long a recipe's ``stop()`` (and :meth:`close`) may take, etcd down or not
+        self.stop_timeout = validate.positive_number(stop_timeout, "stop_timeout")
         self.client = client
         self.namespace = Namespace(namespace)
         self.group: Group = client.group  # the client's greenlets and every recipe's
@@ -120,18 +141,44 @@ class Connector:
         """True once :meth:`close` was called."""
         return self._closed
 
-    def close(self) -> None:
-        """Stop every recipe, watch and lease of this connector, then close the pools."""
+    def close(self) -> Release:
+        """Stop every recipe, watch and lease of this connector, then close the pools.
+
+        Returns within ``stop_timeout`` even when etcd refuses or does not answer: the
+        shared leases are revoked all at once (the keys on them go with them, one
+        request per lease, not per key), then every recipe stops, all at once (an
+        elector resigns). The :class:`~geventc.recipes.base.Release` is true only when
+        etcd confirmed every release; else it says what is left and about when it
+        expires."""
+        from .recipes.base import RELEASED, Release
+
         if self._closed:
-            return
+            return RELEASED
         self._closed = True
-        self.closing = True  # keys on shared leases go with the leases' revocation
-        for recipe in list(self._recipes):
-            recipe.stop()
+        self.closing = True  # recipes leave keys on shared leases to the revocation
+        started = time.monotonic()
+        end = started + self.stop_timeout
+        expires_in = max((lease.expires_in for lease in self.lease_keeper.leases()), default=0.0)
+        revoked = self.lease_keeper.close(timeout=self.stop_timeout / 2)
+        stops = [self.group.spawn(r._shutdown, deadline=end) for r in list(self._recipes)]
+        gevent.joinall(stops, timeout=max(0.0, end - time.monotonic()) + 0.05)
         self.hub.close()
-        self.lease_keeper.close()
-        self.group.kill(block=True, timeout=2.0)
+        self.group.kill(block=True, timeout=max(0.0, end - time.monotonic()))
         self.client.close()
+        outcomes = [g.value if isinstance(g.value, Release) else None for g in stops]
+        failed = [o for o in outcomes if o is None or not o.confirmed]
+        if not failed and revoked:
+            return RELEASED
+        details = [o.detail for o in failed if o is not None]
+        expires_in = max([expires_in, *(o.expires_in or 0.0 for o in failed if o is not None)])
+        if not revoked:
+            details.append(f"could not revoke every lease; they expire in about {expires_in:.0f}s")
+        unfinished = sum(o is None for o in failed)
+        if unfinished:
+            details.append(f"{unfinished} recipe(s) did not finish stopping in time")
+        release = Release(False, "; ".join(details), expires_in)
+        log.warning("%r closed, but %s", self, release.detail)
+        return release
 
     def construct_path(self, *parts: str) -> str:
         """Join path parts with ``/`` into an absolute path (``construct_path("services/

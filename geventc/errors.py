@@ -49,6 +49,12 @@ class Timeout(EtcdError):
     """A request did not complete within its deadline."""
 
 
+class ChannelTimeout(Timeout):
+    """``Channel.get(timeout=...)`` found no event within its timeout. A
+    :class:`Timeout` (so an ``Exception``, unlike ``gevent.Timeout``): the channel is
+    still open and can be read again."""
+
+
 class IndeterminateWrite(EtcdError):
     """A write failed after it was sent: it may or may not have been applied."""
 

@@ -1,14 +1,25 @@
 """Leases kept alive by greenlets, shared by the keys that hold them.
 
-A :class:`KeptLease` is granted once and renewed by one greenlet every TTL/3. Its
+A :class:`KeptLease` is granted once and renewed by one greenlet every TTL/3, counted
+from the moment the last renewal that succeeded was *sent* (monotonic clock). Its
 holders (ephemeral keys, registry entries, electors) are told of every change of state:
 
-- ``SUSPENDED``: a renewal failed; the lease may still be valid, but a leader must stop
-  acting as one until it is ``ACTIVE`` again;
-- ``LOST``: the server said the lease is gone, or TTL seconds passed since the last
-  renewal that succeeded was *sent* (monotonic clock), so it has surely expired;
+- ``SUSPENDED``: a renewal has not succeeded by the time it should have: it failed, or
+  got no answer within the *grace* (``min(1 s, TTL/6)``) after it was sent. So a holder
+  hears it at most TTL/3 + grace after the last renewal that succeeded was sent, well
+  before ``LOST``, whatever the TTL and the client's request timeout. The lease may
+  still be valid, but a leader must stop acting as one until it is ``ACTIVE`` again;
+- ``LOST``: the server said the lease is gone, a holder's write found it gone
+  (:meth:`KeptLease.invalidate`), or TTL seconds passed since the last renewal that
+  succeeded was sent, so it has surely expired;
 - ``ACTIVE``: renewals succeed again, or after a loss a new lease was granted (its
   ``id`` changed: holders re-create what they held).
+
+A renewal never waits past the lease's remaining time. After a loss the renewing
+greenlet grants a new lease at once (then with backoff while etcd does not answer);
+a lease lost only by the clock (the server may have kept it, e.g. across a restart
+with its data) is revoked in the background once the new one is granted, so nothing
+stays behind on it. :meth:`KeptLease.was_held` recognises the ids held before.
 
 :class:`LeaseKeeper` hands out one shared lease per TTL, so N keys with one TTL cost one
 keep-alive request per TTL/3, and private leases for recipes that need their own.
@@ -19,18 +30,24 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import gevent
+from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 
-from . import validate
+from . import validate, wire
 from .client import Client
 from .errors import EtcdError, LeaseNotFound
 from .retry import Backoff
 
 log = logging.getLogger("geventc")
+
+#: How many ids held before the current one a lease remembers (see ``was_held``).
+PREVIOUS_IDS = 8
 
 
 class LeaseState(enum.Enum):
@@ -59,9 +76,16 @@ class KeptLease:
         self.renewals = 0
         self._client = client
         self._group = group
-        self._deadline = 0.0
+        self._sent = 0.0  # when the last renewal (or grant) that succeeded was sent
+        self._deadline = 0.0  # _sent + TTL: the lease has surely expired after it
+        self._retry_at = 0.0  # when to try again after a failed renewal
+        self._invalid = 0  # an id a holder found gone (see invalidate)
+        self._previous: deque[int] = deque(maxlen=PREVIOUS_IDS)
+        self._unsure: list[int] = []  # ids lost by the clock only, revoked once replaced
+        self._wake = Event()
         # holder -> times added; a dict so that releasing one of 10,000 holders is O(1)
         self._listeners: dict[LeaseListener, int] = {}
+        self._holders = 0  # the sum of the counts above, kept: O(1) per release
         self._greenlet: gevent.Greenlet[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -75,7 +99,24 @@ class KeptLease:
     @property
     def holders(self) -> int:
         """How many holders share the lease."""
-        return sum(self._listeners.values())
+        return self._holders
+
+    @property
+    def expires_in(self) -> float:
+        """About how many seconds the lease lives on the server without another
+        renewal: its TTL from the last renewal that succeeded (0.0 once it surely
+        expired, or closed after a confirmed revoke)."""
+        return max(0.0, self._deadline - time.monotonic())
+
+    @property
+    def grace(self) -> float:
+        """How long a renewal may go unanswered before holders hear ``SUSPENDED``."""
+        return min(1.0, self.ttl / 6)
+
+    def was_held(self, lease_id: int) -> bool:
+        """True if ``lease_id`` is this lease's id or one of the last ids it had before
+        a loss replaced them: a key on such a lease is this process's own."""
+        return lease_id != 0 and (lease_id == self.id or lease_id in self._previous)
 
     def grant(self) -> None:
         """Grant the lease now (in the caller's greenlet) and start renewing it."""
@@ -83,67 +124,160 @@ class KeptLease:
         if self._greenlet is None:
             self._greenlet = self._group.spawn(self._renew_forever)
 
+    def invalidate(self, lease_id: int) -> None:
+        """Say that etcd no longer knows ``lease_id`` (a write with it failed with
+        :class:`LeaseNotFound`). If it is the current id the lease is not ``valid``
+        from now on, and its greenlet tells the holders ``LOST`` and grants a new lease
+        at once (then ``ACTIVE``). Any other id is ignored, so a late report cannot
+        drop a lease granted meanwhile."""
+        if lease_id != self.id or self.state in (LeaseState.LOST, LeaseState.CLOSED):
+            return  # not its id now, or already being replaced
+        self._invalid = lease_id
+        self._deadline = 0.0
+        self._wake.set()
+
     def add(self, listener: LeaseListener) -> None:
         """Register a holder."""
         self._listeners[listener] = self._listeners.get(listener, 0) + 1
+        self._holders += 1
 
     def remove(self, listener: LeaseListener) -> None:
         """Unregister a holder."""
         count = self._listeners.pop(listener, 0)
         if count > 1:
             self._listeners[listener] = count - 1
+        self._holders -= count > 0
 
-    def close(self, *, revoke: bool = True, timeout: float = 2.0) -> None:
-        """Stop renewing and (by default) revoke the lease, within ``timeout``."""
+    def close(self, *, revoke: bool = True, timeout: float = 1.0) -> bool:
+        """Stop renewing and (by default) revoke the lease, within ``timeout``; True
+        when etcd confirmed the revocation (or the lease had surely expired)."""
+        started = time.monotonic()
         if self._greenlet is not None:
-            self._greenlet.kill(block=True, timeout=timeout)
+            self._greenlet.kill(block=True, timeout=timeout / 2)
             self._greenlet = None
         lease_id, self.id = self.id, 0
         self.state = LeaseState.CLOSED
-        if revoke and lease_id:
-            try:
-                with gevent.Timeout(timeout):
-                    self._client.revoke(lease_id)
-            except (EtcdError, gevent.Timeout) as exc:
-                log.info("could not revoke lease %x (%s); it expires by its TTL", lease_id, exc)
+        if not revoke or not lease_id:
+            return not lease_id
+        timer = gevent.Timeout(max(0.001, timeout - (time.monotonic() - started)))
+        try:
+            with timer:
+                self._client.revoke(lease_id)
+        except LeaseNotFound:
+            pass  # gone already: nothing is left on it
+        except (EtcdError, gevent.Timeout) as exc:
+            if isinstance(exc, gevent.Timeout) and exc is not timer:
+                raise
+            log.info(
+                "could not revoke lease %x (%s); it expires in about %.0fs",
+                lease_id,
+                exc,
+                self.expires_in,
+            )
+            return False
+        self._deadline = 0.0
+        return True
 
     # --- the renewing greenlet ---------------------------------------------------------
 
     def _grant_once(self) -> None:
         sent = time.monotonic()
         lease = self._client.grant(self.ttl)
+        if self.id:
+            self._previous.append(self.id)
         self.id, self.ttl = lease.id, lease.ttl
-        self._deadline = sent + lease.ttl
+        self._sent, self._deadline = sent, sent + lease.ttl
         self.state = LeaseState.ACTIVE
 
     def _renew_forever(self) -> None:
+        backoff = Backoff(first=0.1)
         while True:
-            if self.state is LeaseState.LOST:
-                self._regrant()
-                continue
-            pause = self.ttl / 3 if self.state is LeaseState.ACTIVE else min(1.0, self.ttl / 6)
-            gevent.sleep(pause)
-            self._renew()
+            try:
+                if self.state is LeaseState.LOST:
+                    self._regrant()
+                    continue
+                due = self._sent + self.ttl / 3
+                self._wait_until(due if self.state is LeaseState.ACTIVE else self._retry_at)
+                self._renew()
+                backoff.reset()
+            except Exception:  # a bug here must not end the renewals for good
+                log.exception("renewing lease %x failed unexpectedly", self.id)
+                gevent.sleep(backoff.next())
+
+    def _wait_until(self, moment: float) -> None:
+        """Sleep until ``moment``, or until :meth:`invalidate` wakes the greenlet."""
+        while True:
+            self._wake.clear()
+            remaining = moment - time.monotonic()
+            if remaining <= 0 or self._invalidated:
+                return
+            self._wake.wait(remaining)
+
+    @property
+    def _invalidated(self) -> bool:
+        return self._invalid != 0 and self._invalid == self.id
+
+    def _gone(self) -> bool:
+        """True (and LOST told) when the lease is surely gone."""
+        if self._invalidated:
+            self._set_state(LeaseState.LOST, "a holder found that etcd no longer has it")
+            return True
+        if time.monotonic() >= self._deadline:
+            # the server may have kept it (a restart keeps leases): revoke it once replaced
+            self._unsure.append(self.id)
+            self._set_state(LeaseState.LOST, f"no renewal succeeded within the TTL ({self.ttl}s)")
+            return True
+        return False
 
     def _renew(self) -> None:
+        """One renewal, sent now and waited for until it answers or the lease surely
+        expired; SUSPENDED as soon as it has not succeeded within the grace."""
+        if self._gone():
+            return
         sent = time.monotonic()
-        if sent >= self._deadline:
-            self._set_state(LeaseState.LOST, "no renewal succeeded within the TTL")
-            return
+        timeout = min(self._client.transport.timeout, self._deadline - sent)
+        attempt = self._group.spawn(self._keepalive, self.id, timeout)
+        # overdue once the grace after its due time passed (at once if sent late)
+        suspend_at = min(sent, self._sent + self.ttl / 3) + self.grace
+        wakers: list[Any] = [attempt, self._wake]  # the answer, or invalidate()
         try:
-            ttl = self._client.keepalive_once(self.id)
-        except LeaseNotFound:
+            while not attempt.ready():
+                self._wake.clear()
+                if self._gone():
+                    return
+                now = time.monotonic()
+                if self.state is LeaseState.ACTIVE and now >= suspend_at:
+                    self._set_state(
+                        LeaseState.SUSPENDED, f"a renewal got no answer within {self.grace:.2f}s"
+                    )
+                wake_at = suspend_at if self.state is LeaseState.ACTIVE else self._deadline
+                gevent.wait(wakers, timeout=max(0.0, wake_at - now), count=1)
+        finally:
+            attempt.kill(block=False)
+        outcome = attempt.value if attempt.successful() else None
+        if isinstance(outcome, int):
+            self.renewals += 1
+            self._sent, self._deadline = sent, sent + outcome
+            self._set_state(LeaseState.ACTIVE, "renewed")
+        elif isinstance(outcome, LeaseNotFound):
             self._set_state(LeaseState.LOST, "etcd says the lease expired")
-            return
+        elif not self._gone():
+            why = outcome or EtcdError(f"the renewal crashed: {attempt.exception!r}")
+            self._set_state(LeaseState.SUSPENDED, f"renewal failed: {why}")
+            self._retry_at = min(time.monotonic() + self.grace, self._deadline)
+
+    def _keepalive(self, lease_id: int, timeout: float) -> int | EtcdError:
+        """The lease's TTL after one renewal, or why it failed (LeaseNotFound: gone)."""
+        try:
+            answer = self._client.transport.call(
+                "/v3/lease/keepalive", {"ID": str(lease_id)}, timeout=max(0.001, timeout)
+            )
+            granted = wire.decode("lease keepalive", wire.lease, answer)
         except EtcdError as exc:
-            if time.monotonic() >= self._deadline:
-                self._set_state(LeaseState.LOST, f"renewal failed past the TTL: {exc}")
-            else:
-                self._set_state(LeaseState.SUSPENDED, f"renewal failed: {exc}")
-            return
-        self.renewals += 1
-        self._deadline = sent + ttl
-        self._set_state(LeaseState.ACTIVE, "renewed")
+            return exc
+        if granted.ttl <= 0:
+            return LeaseNotFound(f"lease {lease_id:x} has expired or does not exist")
+        return granted.ttl
 
     def _regrant(self) -> None:
         backoff = Backoff(first=0.1)
@@ -154,8 +288,26 @@ class KeptLease:
                 log.warning("granting a new %ds lease failed (%s); retrying", self.ttl, exc)
                 gevent.sleep(backoff.next())
                 continue
+            log.info("lease %x (ttl %ds) replaces the lost one", self.id, self.ttl)
+            if self._unsure:
+                self._group.spawn(self._revoke_replaced, self._unsure)
+                self._unsure = []
             self._notify(LeaseState.ACTIVE)
             return
+
+    def _revoke_replaced(self, lease_ids: list[int]) -> None:
+        """Revoke leases lost by the clock (the server may still have them) once a new
+        lease replaced them and the holders had a grace to move their keys; best effort:
+        a lease not revoked expires by its TTL."""
+        gevent.sleep(self.grace)
+        for lease_id in lease_ids:
+            try:
+                self._client.revoke(lease_id)
+                log.info("revoked lease %x, lost by the clock and replaced", lease_id)
+            except LeaseNotFound:
+                pass  # it expired meanwhile
+            except EtcdError as exc:
+                log.info("could not revoke the replaced lease %x (%s)", lease_id, exc)
 
     def _set_state(self, state: LeaseState, why: str) -> None:
         if state is self.state:
@@ -201,21 +353,28 @@ class LeaseKeeper:
             kept.add(listener)
         return kept
 
-    def release(self, lease: KeptLease, listener: LeaseListener) -> None:
-        """Drop a holder; the last holder's release revokes the lease."""
+    def release(
+        self, lease: KeptLease, listener: LeaseListener, *, timeout: float = 1.0
+    ) -> bool | None:
+        """Drop a holder; the last holder's release revokes the lease (within
+        ``timeout``). None while other holders keep the lease, else whether etcd
+        confirmed the revocation."""
         lease.remove(listener)
         if lease.holders:
-            return
+            return None
         if lease.shared and self._shared.get(lease.requested_ttl) is lease:
             del self._shared[lease.requested_ttl]
-        lease.close()
+        return lease.close(timeout=timeout)
 
     def leases(self) -> list[KeptLease]:
         """The shared leases kept now."""
         return list(self._shared.values())
 
-    def close(self) -> None:
-        """Stop renewing every shared lease and revoke them."""
-        for lease in list(self._shared.values()):
-            lease.close()
+    def close(self, timeout: float = 1.0) -> bool:
+        """Stop renewing every shared lease and revoke them, all at once, within
+        ``timeout``; True when etcd confirmed every revocation."""
+        leases = list(self._shared.values())
         self._shared.clear()
+        closing = [self._group.spawn(lease.close, timeout=timeout) for lease in leases]
+        gevent.joinall(closing, timeout=timeout + 0.1)
+        return all(g.value is True for g in closing)

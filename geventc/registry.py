@@ -2,10 +2,15 @@
 
 Each registered instance is an ephemeral key ``{prefix}/{service}/{address}`` on the
 connector's shared lease for the registry's TTL (all instances with one TTL cost one
-keep-alive request per TTL/3). A lost registration (lease expired, key deleted, server
-restarted, even with an empty data directory) is seen at once by the watch on the
-service's keys and re-registered under the :class:`RetryPolicy`; giving up is reported
-on :meth:`Registry.events` and in the log. One registry holds any number of instances.
+keep-alive request per TTL/3). A lost registration (lease expired or revoked, key
+deleted, server restarted, even with an empty data directory) is seen at once by the
+watch on the service's keys and re-registered under the :class:`RetryPolicy`; a lease
+etcd no longer has is replaced by a new one at once (not a failed attempt), so a
+registration whose lease was revoked is back within TTL/3 + one round trip. Giving up
+is reported on :meth:`Registry.events` (a fatal :class:`RetriesExhausted`) and in the
+log, and is final: the instance's key and its share of the lease are released, it is no
+longer listed by :meth:`Registry.instances`, and nothing re-registers it unless it is
+registered again. One registry holds any number of instances.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+import gevent
+
 from . import validate
 from .channel import Channel
 from .errors import InvalidArgument
 from .instances import FORMATS, Instance, encode
-from .recipes.base import RecipeError
+from .recipes.base import RELEASED, RecipeError, Release
 from .recipes.ephemeral import EphemeralEvent, EphemeralKey
 from .retry import RetryPolicy
+from .staleness import Staleness
 
 if TYPE_CHECKING:
     from .connector import Connector
@@ -80,7 +88,7 @@ class Registry:
         self.format = check_format(format)
         self._conn = conn
         self._keys: dict[str, tuple[Instance, EphemeralKey]] = {}
-        self._events: Channel[EphemeralEvent | RecipeError] = Channel()
+        self._events: Channel[EphemeralEvent | Staleness | RecipeError] = Channel()
 
     def __repr__(self) -> str:
         return f"Registry({self.prefix!r}, instances={len(self._keys)})"
@@ -104,6 +112,7 @@ class Registry:
         registered = instance.for_registration()
         key = self.key_of(registered)
         value = encode(registered, self.format)
+        self._forget_abandoned()
         if key in self._keys:  # same address: new value, same key and lease, no gap
             self._keys[key][1].update(value)
             self._keys[key] = (registered, self._keys[key][1])
@@ -114,26 +123,50 @@ class Registry:
         log.info("registered %s at %s", registered.service, registered.address)
         return registered
 
-    def deregister(self, instance: Instance) -> None:
-        """Delete the instance's key and release its share of the lease."""
+    def deregister(self, instance: Instance) -> Release:
+        """Delete the instance's key and release its share of the lease, within the
+        connector's ``stop_timeout``; the :class:`Release` is true only when etcd
+        confirmed the deletion (or the instance was not registered here)."""
         if not isinstance(instance, Instance):
             raise InvalidArgument("deregister() takes a geventc.Instance")
         key = self.key_of(instance.for_registration())
         entry = self._keys.pop(key, None)
-        if entry is not None:
-            entry[1].delete()
+        if entry is None:
+            return RELEASED
+        return entry[1].delete()
 
     def instances(self) -> list[Instance]:
-        """The instances this registry keeps registered."""
+        """The instances this registry keeps registered (not those it gave up on)."""
+        self._forget_abandoned()
         return [instance for instance, _ in self._keys.values()]
 
-    def events(self) -> Channel[EphemeralEvent | RecipeError]:
-        """Losses and restorations of registrations, and problems (a fatal
-        :class:`RecipeError` with :class:`RetriesExhausted` when retries give up)."""
+    def _forget_abandoned(self) -> None:
+        """Drop the instances whose retries gave up (their keys stopped)."""
+        for key in [k for k, (_, ephemeral) in self._keys.items() if not ephemeral.running]:
+            del self._keys[key]
+
+    def events(self) -> Channel[EphemeralEvent | Staleness | RecipeError]:
+        """Losses and restorations of registrations, problems (a fatal
+        :class:`RecipeError` with :class:`RetriesExhausted` when retries give up), and
+        :class:`Staleness` while a registration's watch cannot be confirmed current
+        (a deletion of it could go unseen until it is)."""
         return self._events
 
-    def close(self) -> None:
-        """Deregister every instance and close the events channel."""
-        for instance in self.instances():
-            self.deregister(instance)
+    def close(self) -> Release:
+        """Deregister every instance, all at once, and close the events channel;
+        returns within the connector's ``stop_timeout``, true only when etcd confirmed
+        every deletion."""
+        pending = [self._conn.group.spawn(self.deregister, i) for i in self.instances()]
+        gevent.joinall(pending)
         self._events.close()
+        failed = [g.value if isinstance(g.value, Release) else None for g in pending]
+        failed = [r for r in failed if r is None or not r.confirmed]
+        if not failed:
+            return RELEASED
+        first = next((r for r in failed if r is not None), None)
+        return Release(
+            False,
+            f"{len(failed)} instance(s) not confirmed deregistered"
+            + (f"; e.g. {first.detail}" if first else ""),
+            max((r.expires_in or 0.0 for r in failed if r is not None), default=None),
+        )

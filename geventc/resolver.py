@@ -66,7 +66,7 @@ class _ServiceCache:
         self.current_weight: dict[str, int] = {}
 
     def on_update(self, update: PrefixUpdate) -> None:
-        if update.error is not None or not update.events and not update.resynced:
+        if update.error is not None or (not update.events and not update.resynced):
             if update.stale != self.stale and self.loaded.is_set():
                 self.stale = update.stale
                 self._tell(update.age)

@@ -110,6 +110,7 @@ class PrefixWatch:
         self._listeners: dict[Listener, int] = {}
         # per key: a tuple (small; replaced on change) as thousands of keys may listen
         self._by_key: dict[bytes, tuple[Listener, ...]] = {}
+        self._count = 0  # listeners of both kinds (kept, not summed: O(1) per removal)
         self._stream: WatchStream | None = None
         self._view: PrefixUpdate | None = None
         self._greenlet = group.spawn(self._run)
@@ -127,7 +128,7 @@ class PrefixWatch:
     @property
     def listeners(self) -> int:
         """How many listeners share this watch."""
-        return sum(self._listeners.values()) + sum(len(v) for v in self._by_key.values())
+        return self._count
 
     @property
     def age(self) -> float:
@@ -153,6 +154,7 @@ class PrefixWatch:
             self._listeners[listener] = self._listeners.get(listener, 0) + 1
         else:
             self._by_key[key] = (*self._by_key.get(key, ()), listener)
+        self._count += 1
         if self.synced:
             self._call(listener, self._current_view())
 
@@ -170,10 +172,12 @@ class PrefixWatch:
             count = self._listeners.pop(listener, 0)
             if count > 1:
                 self._listeners[listener] = count - 1
+            self._count -= count > 0
             return
         listeners = list(self._by_key.get(key, ()))
         if listener in listeners:
             listeners.remove(listener)
+            self._count -= 1
         if listeners:
             self._by_key[key] = tuple(listeners)
         else:
@@ -235,13 +239,14 @@ class PrefixWatch:
             log.info("watch on %r is current again (revision %d)", self.prefix, self.revision)
         self._publish(PrefixUpdate((), self.state, self.revision, stale=stale, age=age))
 
-    def close(self) -> None:
-        """Stop the greenlet and the stream."""
+    def close(self, *, block: bool = True) -> None:
+        """Stop the greenlet and the stream (``block``: wait, at most a second, until
+        the greenlet has ended)."""
         if self._liveness is not None:
             self._liveness.unfollow(self)
         if self._stream is not None:
             self._stream.cancel()
-        self._greenlet.kill(block=True, timeout=2.0)
+        self._greenlet.kill(block=block, timeout=1.0)
 
     # --- the watching greenlet ---------------------------------------------------------
 
@@ -334,7 +339,7 @@ class PrefixWatch:
             self._call(listener, update)
         if not self._by_key:
             return
-        if update.resynced or update.error:  # every key listener must re-check
+        if update.resynced or update.error or not update.events:  # every key listener re-checks
             by_key: dict[bytes, list[Event]] = {}
             for event in update.events:
                 by_key.setdefault(event.kv.key, []).append(event)
@@ -403,7 +408,7 @@ class WatchHub:
             watch.close()
 
     def close(self) -> None:
-        """Stop every watch."""
+        """Stop every watch (their greenlets end as soon as they are scheduled)."""
         for watch in list(self._watches.values()):
-            watch.close()
+            watch.close(block=False)
         self._watches.clear()

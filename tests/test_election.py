@@ -242,3 +242,105 @@ def test_server_restart_suspends_then_leads_again(private_server: EtcdServer) ->
             assert time.monotonic() < deadline, f"not leading: {elector.status}"
             next_status(elector, timeout=max(0.01, deadline - time.monotonic()))
         elector.stop()
+
+
+def _wait_until(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        gevent.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "timeout", "fault"),
+    [
+        (5, 5.0, "kill"),
+        (15, 5.0, "kill"),
+        (5, 5.0, "pause"),
+        (15, 5.0, "pause"),
+        (5, 30.0, "pause"),
+    ],
+)
+def test_leader_is_suspended_on_time_when_etcd_fails(
+    private_server: EtcdServer, ttl: int, timeout: float, fault: str
+) -> None:
+    """SUSPENDED at most TTL/3 + min(1 s, TTL/6) after the last renewal that succeeded
+    was sent, whatever the request timeout, whether etcd refuses connections (killed) or
+    holds them silently (paused); LOST once TTL seconds passed since then."""
+    with geventc.connect(private_server.endpoints, timeout=timeout) as conn:
+        elector = conn.leader_elector("/on-time", "holder", ttl=ttl)
+        elector.start()
+        wait_for(elector, ElectionStatus.LEADER)
+        lease = elector.lease
+        assert lease is not None
+        renewals = lease.renewals
+        _wait_until(lambda: lease.renewals > renewals, ttl, "a renewal")
+        # just after a renewal: the next one is due in TTL/3
+        (private_server.kill if fault == "kill" else private_server.pause)(0)
+        failed = time.monotonic()
+        try:
+            suspended = next_status(elector, timeout=ttl + 5)
+            suspended_after = time.monotonic() - failed
+            assert suspended.status is ElectionStatus.SUSPENDED, (suspended, suspended_after)
+            assert not elector.is_leader
+            lost = next_status(elector, timeout=ttl + 5)
+            while lost.status is ElectionStatus.SUSPENDED:  # more failures, reported
+                lost = next_status(elector, timeout=ttl + 5)
+            lost_after = time.monotonic() - failed
+        finally:
+            private_server.resume(0)
+        assert lost.status is ElectionStatus.LOST, lost
+        print(
+            f"ttl {ttl}, timeout {timeout}, {fault}: SUSPENDED after {suspended_after:.2f}s, "
+            f"LOST after {lost_after:.2f}s"
+        )
+        promised = ttl / 3 + min(1.0, ttl / 6)
+        assert suspended_after < promised + 1.0, f"SUSPENDED after {suspended_after:.2f}s"
+        assert ttl - 0.5 < lost_after < ttl + 1.5, f"LOST after {lost_after:.2f}s"
+
+
+@pytest.mark.parametrize("path", ["/x", "/x/"])
+def test_the_path_is_used_as_given_like_go(conn: geventc.Connector, path: str) -> None:
+    """As Go's concurrency.NewElection: key = path + "/" + lowercase hex lease id, so a
+    trailing slash is part of the name ("/x/" keys "/x//<lease>")."""
+    elector = conn.leader_elector(path, "go-like", ttl=5)
+    elector.start()
+    wait_for(elector, ElectionStatus.LEADER)
+    (kv,) = conn.get_prefix(path + "/").kvs
+    assert kv.key == (path + "/" + f"{kv.lease:x}").encode()
+    assert elector.path == path.encode()
+    if path == "/x/":
+        assert conn.get_prefix("/x/").kvs == (kv,)  # nothing at /x/<lease>
+        # as in Go, "/x//<lease>" also lies under "/x/": a "/x" candidate waits behind it
+        with conn.leader_elector("/x", "plain", ttl=5) as plain:
+            assert wait_for(plain, ElectionStatus.FOLLOWER).leader == "go-like"
+    elector.stop()
+    assert conn.get_prefix(path + "/").kvs == ()
+
+
+def test_restart_with_data_kept_does_not_follow_its_own_old_key(
+    private_server: EtcdServer,
+) -> None:
+    ttl = 6
+    with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
+        elector = conn.leader_elector("/own", "only", ttl=ttl)
+        elector.start()
+        wait_for(elector, ElectionStatus.LEADER)
+        assert elector.lease is not None
+        old_lease = elector.lease.id
+        private_server.kill(0)
+        wait_for(elector, ElectionStatus.LOST, timeout=ttl + 5)
+        private_server.restart(0)  # the server kept the old lease (and its key) alive
+        restarted = time.monotonic()
+        while True:
+            event = next_status(elector, timeout=ttl + 5)
+            if event.status is not ElectionStatus.SUSPENDED:
+                break
+        took = time.monotonic() - restarted
+        assert event.status is ElectionStatus.LEADER, f"{event} (it followed its own old key)"
+        # within the re-grant's backoff after the outage, not a TTL behind its old key
+        assert took < ttl, f"leading again took {took:.2f}s"
+        keys = [kv.key for kv in conn.get_prefix("/own/").kvs]
+        assert keys == [b"/own/" + f"{elector.lease.id:x}".encode()]
+        _wait_until(lambda: old_lease not in conn.leases(), 5, "revoking the old lease")
+        elector.stop()

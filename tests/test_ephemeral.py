@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import gevent
 import pytest
 from helpers.channels import next_of
 
 import geventc
-from geventc import EphemeralEvent, EphemeralKey, EphemeralStatus
-from geventc.errors import InvalidArgument, KeyExists, RecipeStateError
+from geventc import EphemeralEvent, EphemeralKey, EphemeralStatus, RecipeError, wire
+from geventc.errors import InvalidArgument, KeyExists, PermissionDenied, RecipeStateError
 from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
 
@@ -130,3 +131,81 @@ def test_keys_survive_a_server_restart(private_server: EtcdServer) -> None:
         assert kv is not None and kv.value == b"v"
         key.delete()
         assert conn.get("/r/k") is None
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        gevent.sleep(0.01)
+
+
+def test_own_key_is_taken_over_after_a_restart_with_data_kept(
+    private_server: EtcdServer,
+) -> None:
+    """The outage outlives the client's lease while the server keeps the old lease (and
+    the key on it) alive: the key is recognised as this process's own and moved onto the
+    new lease, never reported as taken by someone else."""
+    ttl = 6
+    with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
+        key = conn.ephemeral_key("/own/k")
+        key.create("v", ttl=ttl)
+        (lease,) = conn.lease_keeper.leases()
+        old_lease = lease.id
+        private_server.kill(0)
+        assert next_event(key, timeout=ttl + 5).status is EphemeralStatus.LOST
+        private_server.restart(0)
+        restarted = time.monotonic()
+        seen: list[EphemeralEvent | RecipeError] = []
+        while not (seen and isinstance(seen[-1], EphemeralEvent)):
+            seen.append(key.channel.get(timeout=ttl + 5))
+        took = time.monotonic() - restarted
+        assert not [e for e in seen if isinstance(e, RecipeError)], seen
+        assert seen[-1].status is EphemeralStatus.RESTORED, seen
+        assert took < ttl / 2, f"restored after {took:.2f}s"
+        kv = conn.get("/own/k")
+        assert kv is not None and kv.value == b"v" and kv.lease == lease.id != old_lease
+        _wait_until(lambda: old_lease not in conn.leases(), 5, "revoking the old lease")
+        kv = conn.get("/own/k")
+        assert kv is not None and kv.lease == lease.id
+        key.delete()
+
+
+def test_default_retry_keeps_restoring_after_a_failed_attempt() -> None:
+    """With ``retry=None`` a failed re-creation is retried (with backoff) until it works."""
+    with EtcdServer(auth=True, fsync=False) as server:
+        server.add_user("app", "app-pw", prefix="/app/")
+        with geventc.connect(server.endpoints, username="app", password="app-pw") as conn:
+            key = conn.ephemeral_key("/app/k")
+            key.create("v", ttl=5)
+            read_only = {"permType": "READ", "key": wire.b64(b"/app/"), "range_end": "L2FwcDA="}
+            server.admin("/v3/auth/role/grant", {"name": "role-app", "perm": read_only})
+            server.admin("/v3/kv/deleterange", {"key": wire.b64(b"/app/k")})
+            assert next_event(key).status is EphemeralStatus.LOST
+            failed = next_of(key.channel, RecipeError)
+            assert isinstance(failed.error, PermissionDenied) and not failed.fatal
+            read_write = {**read_only, "permType": "READWRITE"}
+            server.admin("/v3/auth/role/grant", {"name": "role-app", "perm": read_write})
+            assert next_event(key, timeout=15).status is EphemeralStatus.RESTORED
+            kv = conn.get("/app/k")
+            assert kv is not None and kv.value == b"v"
+            key.delete()
+
+
+def test_a_revoked_lease_is_replaced_not_retried(conn: geventc.Connector) -> None:
+    ttl = 30
+    key = EphemeralKey(conn, "/rv/k", retry=geventc.RetryPolicy(max_attempts=1))
+    key.create("v", ttl=ttl)
+    old = conn.get("/rv/k")
+    assert old is not None
+    conn.revoke(old.lease)
+    revoked = time.monotonic()
+    seen: list[EphemeralEvent | RecipeError] = []
+    while not (seen and getattr(seen[-1], "status", None) is EphemeralStatus.RESTORED):
+        seen.append(key.channel.get(timeout=ttl))
+    took = time.monotonic() - revoked
+    assert [type(e) for e in seen] == [EphemeralEvent, EphemeralEvent], seen  # LOST, RESTORED
+    assert took < ttl / 3 + 2.0, f"restored after {took:.2f}s"
+    kv = conn.get("/rv/k")
+    assert kv is not None and kv.lease not in (0, old.lease)
+    key.delete()

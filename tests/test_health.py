@@ -20,7 +20,13 @@ from geventc import (
     MemberHealth,
     RecipeError,
 )
-from geventc.errors import ChannelClosed, ClientClosed, InvalidArgument, RecipeStateError
+from geventc.errors import (
+    ChannelClosed,
+    ChannelTimeout,
+    ClientClosed,
+    InvalidArgument,
+    RecipeStateError,
+)
 from geventc.testing import EtcdCluster
 from geventc.testing.plugin import EtcdTestContext
 from geventc.testing.server import free_port
@@ -67,9 +73,9 @@ def _wait_for(
         remaining = deadline - time.monotonic()
         try:
             if remaining <= 0:
-                raise gevent.Timeout(timeout)
+                raise ChannelTimeout(f"nothing wanted within {timeout}s")
             item = channel.get(timeout=remaining)
-        except (gevent.Timeout, ChannelClosed) as exc:
+        except (ChannelTimeout, ChannelClosed) as exc:
             pytest.fail(f"no wanted result ({exc!r}); got {[h.status.name for h in seen]}")
         assert isinstance(item, ClusterHealth), f"the monitor reported {item!r}"
         seen.append(item)
@@ -288,7 +294,7 @@ def test_killed_member_degrades_then_heals(
     assert all(m.healthy for m in healed.members)
     assert sum(m.leader for m in healed.members) == 1
     # a steady cluster emits nothing more: only changes are sent
-    with pytest.raises(gevent.Timeout):
+    with pytest.raises(ChannelTimeout):
         extra = channel.get(timeout=1.0)  # about ten checks
         pytest.fail(f"an unchanged result was emitted again: {extra}")
     _assert_only_changes(seen)

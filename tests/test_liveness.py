@@ -85,7 +85,10 @@ def test_a_member_without_a_leader_makes_recipes_say_they_are_stale(
     # clientv3 WithRequireLeader watch ends about 4 s after the second kill.
     cluster = etcd_cluster.cluster
     kept = cluster.followers()[0]
-    with _connector_on(etcd_cluster, kept.client_url) as conn:
+    with (
+        _connector_on(etcd_cluster, kept.client_url) as conn,
+        geventc.connect(etcd_cluster.endpoints, namespace=etcd_cluster.prefix) as other,
+    ):
         conn.put("/s/a", "1")
         tracker = conn.service_tracker("/s")
         snapshots = tracker.start()
@@ -93,6 +96,14 @@ def test_a_member_without_a_leader_makes_recipes_say_they_are_stale(
         events = observer.start(recursive=True)
         config = conn.config("/s")
         changes = config.start()
+        leader = other.leader_elector("/e", "them", ttl=30)
+        assert leader.start().get(timeout=10).status.name == "LEADER"  # type: ignore[union-attr]
+        follower = conn.leader_elector("/e", "us", ttl=30)
+        assert follower.start().get(timeout=10).leader == "them"  # type: ignore[union-attr]
+        registry = Registry(conn, ttl=30)
+        registry.register(Instance("svc", "10.0.0.1:80"))
+        resolver = Resolver(conn)
+        resolved = resolver.watch("svc")
         assert snapshots.get(timeout=10).services == {"a": "1"}  # type: ignore[union-attr]
         for member in cluster.members:
             if member is not kept:
@@ -104,12 +115,21 @@ def test_a_member_without_a_leader_makes_recipes_say_they_are_stale(
         assert _next(events, lambda e: isinstance(e, Staleness) and e.stale, 5)
         assert _next(changes, lambda e: isinstance(e, Staleness) and e.stale, 5)
         assert config.stale and config.age > 0
+        said = _next(follower.channel, lambda e: getattr(e, "stale", False), 5)
+        assert said.status.name == "FOLLOWER" and said.leader == "them"
+        assert _next(registry.events(), lambda e: isinstance(e, Staleness) and e.stale, 5)
+        assert _next(resolved, lambda e: e.stale, 5).instances
+        assert resolver.stale("svc") and resolver.age("svc") > 0
         assert took < BOUND + MARGIN, f"stale only after {took:.1f}s"
         cluster.heal()
         current = _next(snapshots, lambda s: isinstance(s, ServiceSnapshot) and not s.stale, 20)
         assert current.services == {"a": "1"}
         assert _next(events, lambda e: isinstance(e, Staleness) and not e.stale, 20)
         _until(lambda: not config.stale, 20, "config current again")
+        _next(follower.channel, lambda e: hasattr(e, "status") and not e.stale, 20)
+        _next(resolved, lambda e: not e.stale, 20)
+        registry.close()
+        resolver.close()
 
 
 def _next(channel: Any, matches: Callable[[Any], bool], timeout: float) -> Any:

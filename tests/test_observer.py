@@ -20,7 +20,14 @@ from geventc import (
     Staleness,
     WatchEvent,
 )
-from geventc.errors import ChannelClosed, Compacted, EtcdError, InvalidArgument, RecipeStateError
+from geventc.errors import (
+    ChannelClosed,
+    ChannelTimeout,
+    Compacted,
+    EtcdError,
+    InvalidArgument,
+    RecipeStateError,
+)
 from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
 from geventc.testing.server import free_port
@@ -56,7 +63,7 @@ def _events(
             if remaining <= 0:
                 raise gevent.Timeout(timeout)
             item = channel.get(timeout=remaining)
-        except (gevent.Timeout, ChannelClosed) as exc:
+        except (gevent.Timeout, ChannelTimeout, ChannelClosed) as exc:
             pytest.fail(f"got {len(events)} of {count} events ({exc!r}); errors: {problems}")
         if isinstance(item, RecipeError):
             assert not item.fatal, f"fatal error from the observer: {item.error!r}"

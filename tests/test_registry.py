@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
@@ -19,6 +19,7 @@ from geventc import (
     Registry,
     Resolver,
     RetryPolicy,
+    wire,
 )
 from geventc.errors import InvalidArgument, NoInstances, RetriesExhausted
 from geventc.instances import decode, encode
@@ -308,3 +309,70 @@ def test_registering_an_address_again_updates_it_in_place(conn: geventc.Connecto
         assert after is not None and b'"weight":9' in after.value
         assert after.create_revision == before.create_revision and after.lease == before.lease
         assert [i.weight for i in registry.instances()] == [9]
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        gevent.sleep(0.01)
+
+
+def test_revoked_registration_returns_on_a_new_lease(
+    conn: geventc.Connector, etcd: EtcdTestContext
+) -> None:
+    """A lease revoked behind the registry's back is replaced by a new one: present again
+    within TTL/3 + one round trip, with no give-up (LeaseNotFound is not a failure)."""
+    ttl = 30
+    key = "kitex/registry-etcd/rv/127.0.0.1:1"
+    with Registry(conn, ttl=ttl) as registry:
+        registry.register(Instance("rv", "127.0.0.1:1"))
+        old = conn.get(key)
+        assert old is not None
+        etcd.cluster.admin("/v3/lease/revoke", {"ID": str(old.lease)})
+        revoked = time.monotonic()
+        seen: list[EphemeralEvent | RecipeError] = []
+        while not (seen and getattr(seen[-1], "status", None) is EphemeralStatus.RESTORED):
+            seen.append(registry.events().get(timeout=ttl))
+        took = time.monotonic() - revoked
+        print(f"re-registered {took:.3f}s after the revoke; events: {seen}")
+        assert seen[0].status is EphemeralStatus.LOST  # type: ignore[union-attr]
+        assert not [e for e in seen if isinstance(e, RecipeError) and e.fatal], seen
+        assert took < ttl / 3 + 2.0, f"re-registered after {took:.2f}s"
+        kv = conn.get(key)
+        assert kv is not None and kv.lease not in (0, old.lease)
+        assert registry.instances() == [Instance("rv", "127.0.0.1:1").for_registration()]
+
+
+def test_giving_up_is_final_and_releases_the_instance() -> None:
+    with EtcdServer(auth=True, fsync=False) as server:
+        server.add_user("svc", "svc-pw", prefix="kitex/")
+        with geventc.connect(server.endpoints, username="svc", password="svc-pw") as conn:
+            ttl = 3
+            registry = Registry(conn, ttl=ttl, retry=RetryPolicy(max_attempts=2, retry_delay=0.2))
+            registry.register(Instance("final", "127.0.0.1:1"))
+            (lease,) = conn.lease_keeper.leases()
+            read_only = {"permType": "READ", "key": "a2l0ZXgv", "range_end": "a2l0ZXgw"}
+            server.admin("/v3/auth/role/grant", {"name": "role-svc", "perm": read_only})
+            key = "kitex/registry-etcd/final/127.0.0.1:1"
+            server.admin("/v3/kv/deleterange", {"key": wire.b64(key.encode())})
+            events = registry.events()
+            while not (isinstance(report := events.get(timeout=15), RecipeError) and report.fatal):
+                pass
+            assert isinstance(report.error, RetriesExhausted)
+            assert registry.instances() == []  # no longer listed
+            assert conn.lease_keeper.leases() == []  # its share of the lease was dropped
+            _wait_until(lambda: lease.id not in conn.leases(), 5, "revoking the lease")
+            # writes are allowed again: still nothing re-creates the key, even after the
+            # lease's renewal period
+            read_write = {**read_only, "permType": "READWRITE"}
+            server.admin("/v3/auth/role/grant", {"name": "role-svc", "perm": read_write})
+            since = conn.get_prefix("kitex/").header.revision + 1
+            with (
+                conn.watch("kitex/registry-etcd/final/", prefix=True, start_revision=since) as w,
+                gevent.Timeout(ttl / 3 + 1.0, False),  # type: ignore[arg-type]
+            ):
+                for response in w:
+                    assert not response.events, f"the key came back: {response.events}"
+            assert conn.get(key) is None
+            registry.close()

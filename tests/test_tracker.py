@@ -13,7 +13,7 @@ from helpers.gate import Gate
 
 import geventc
 from geventc import Channel, Client, RecipeError, ServiceSnapshot, ServiceTracker
-from geventc.errors import EtcdError, RecipeStateError
+from geventc.errors import ChannelTimeout, EtcdError, RecipeStateError
 from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
 from geventc.watch import PrefixUpdate
@@ -41,7 +41,7 @@ def wait_for_services(
             seen = next_snapshot(channel, max(0.01, deadline - time.monotonic()))
             if seen.error is None and dict(seen.services) == dict(expected):
                 return seen
-    except gevent.Timeout:
+    except ChannelTimeout:
         raise AssertionError(
             f"no snapshot with {dict(expected)} in {timeout}s; last: {seen}"
         ) from None

@@ -1,9 +1,19 @@
 """What every recipe shares: start once, stop idempotently within a bound, report
-every problem on its channel and in the log, and work as a context manager."""
+every problem on its channel and in the log, stop when it crashes, and work as a
+context manager.
+
+A recipe's greenlets belong both to the recipe (``stop()`` kills them) and to its
+connector's group (``Connector.close()`` kills them). When one of them dies of an
+unexpected exception, or of an :class:`EtcdError` it let escape (fatal by definition),
+the recipe reports a fatal :class:`RecipeError` on its channel and in the log, then
+stops as :meth:`Recipe.stop` does: it releases what it holds on the server and closes
+its channel, so ``for event in channel`` ends. It never keeps running half-dead.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -21,8 +31,39 @@ E = TypeVar("E")
 R = TypeVar("R", bound="Recipe[Any]")
 log = logging.getLogger("geventc")
 
-#: How long ``stop()`` may take, even when etcd is unreachable.
-STOP_TIMEOUT = 3.0
+#: How long ``stop()`` may take by default, even when etcd is unreachable
+#: (``connect(..., stop_timeout=)`` sets it per connector).
+STOP_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What :meth:`Recipe.stop` could give back. True (``confirmed``) when etcd
+    confirmed every release (or the recipe held nothing); otherwise ``detail`` says
+    what is left and ``expires_in`` about how many seconds it stays (its lease's
+    remaining TTL; None when it stays until a background retry succeeds)."""
+
+    confirmed: bool
+    detail: str = ""
+    expires_in: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.confirmed
+
+
+#: Nothing was held, or all of it was released and etcd confirmed it.
+RELEASED = Release(True)
+
+
+def unconfirmed(what: str, expires_in: float | None, cause: object = "") -> Release:
+    """A :class:`Release` saying ``what`` could not be released (``cause``), and when it
+    goes by itself."""
+    why = f" ({cause})" if cause else ""
+    if expires_in is None:
+        return Release(False, f"could not {what}{why}; it is retried in the background")
+    return Release(
+        False, f"could not {what}{why}; it expires in about {expires_in:.0f}s", expires_in
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +72,18 @@ class RecipeError:
 
     error: EtcdError
     fatal: bool = False
+
+
+class _RecipeGroup(Group):
+    """A recipe's greenlets; each also joins the connector's group."""
+
+    def __init__(self, connector_group: Group) -> None:
+        super().__init__()
+        self._connector_group = connector_group
+
+    def add(self, greenlet: Any) -> None:
+        super().add(greenlet)
+        self._connector_group.add(greenlet)
 
 
 class Recipe(Generic[E]):
@@ -42,6 +95,7 @@ class Recipe(Generic[E]):
         "_conn",
         "_group",
         "_owns_channel",
+        "_release_deadline",
         "_running",
         "_stopped",
     )
@@ -53,6 +107,7 @@ class Recipe(Generic[E]):
         self._running = False
         self._stopped = False
         self._owns_channel = True
+        self._release_deadline = 0.0
 
     @property
     def running(self) -> bool:
@@ -89,36 +144,79 @@ class Recipe(Generic[E]):
         self._channel = own
         self._running = True
 
-    def stop(self) -> None:
+    def stop(self) -> Release:
         """Stop the greenlets, release what the recipe holds on the server and close
-        the channel; returns within a bounded time even when etcd is unreachable."""
+        the channel (idempotent). Returns within the connector's ``stop_timeout``
+        (1 s by default) even when etcd refuses or does not answer, with a
+        :class:`Release` that is true only when etcd confirmed the release."""
+        return self._shutdown()
+
+    def _shutdown(
+        self, fatal: EtcdError | None = None, *, deadline: float | None = None
+    ) -> Release:
+        """:meth:`stop` by ``deadline`` (default: ``stop_timeout`` from now); a
+        ``fatal`` error is reported once the hold is released, just before the channel
+        closes, so whoever reads it knows the recipe let go."""
         if not self._running:
-            return
+            return RELEASED
         self._running = False
         self._stopped = True
+        if deadline is None:
+            deadline = time.monotonic() + self._conn.stop_timeout
         current = gevent.getcurrent()
         group = self._group
         if group is not None:
             if isinstance(current, gevent.Greenlet) and current in group:
                 group.discard(current)  # stopped from its own greenlet: finish the call
-            group.kill(block=True, timeout=STOP_TIMEOUT / 3)
-        with gevent.Timeout(STOP_TIMEOUT, False):  # type: ignore[arg-type]
-            try:
-                self._release()
-            except EtcdError as exc:
-                log.warning("%r could not release its hold on etcd: %s", self, exc)
+            group.kill(block=True, timeout=max(0.0, deadline - time.monotonic()) / 3)
+        outcome = self._release_by(deadline)
+        if not outcome.confirmed:
+            log.warning("%r: %s", self, outcome.detail)
+        if fatal is not None:
+            self._report(fatal, fatal=True)
         if self._channel is not None and self._owns_channel:
             self._channel.close()
         self._conn.unregister(self)
+        return outcome
 
-    def _release(self) -> None:
-        """Give back what the recipe holds on the server (override)."""
+    def _release_by(self, deadline: float) -> Release:
+        """:meth:`_release`, cut off at ``deadline``."""
+        self._release_deadline = deadline
+        timer = gevent.Timeout(max(0.001, deadline - time.monotonic()))
+        try:
+            with timer:
+                outcome = self._release()
+            return RELEASED if outcome is None else outcome
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            return unconfirmed(self._held_text(), self._expires_in(), "etcd did not answer")
+        except EtcdError as exc:
+            return unconfirmed(self._held_text(), self._expires_in(), exc.message)
+
+    def _release(self) -> Release | None:
+        """Give back what the recipe holds on the server (override); None or
+        :data:`RELEASED` when all of it was confirmed."""
+        return None
+
+    def _remaining(self) -> float:
+        """Seconds left for :meth:`_release` (at least a millisecond)."""
+        return max(0.001, self._release_deadline - time.monotonic())
+
+    def _held_text(self) -> str:
+        """What :meth:`_release` gives back, for messages ("delete /a/b")."""
+        return f"release what {self!r} holds"
+
+    def _expires_in(self) -> float | None:
+        """About how long what the recipe holds stays if not released (override)."""
+        return None
 
     @property
     def _greenlets(self) -> Group:
-        """The recipe's greenlets (killed by :meth:`stop`)."""
+        """The recipe's greenlets (killed by :meth:`stop`; each also belongs to the
+        connector's group, killed by ``Connector.close()``)."""
         if self._group is None:
-            self._group = Group()
+            self._group = _RecipeGroup(self._conn.group)
         return self._group
 
     def _finish(self) -> None:
@@ -151,8 +249,9 @@ class Recipe(Generic[E]):
         self._emit(RecipeError(error, fatal))
 
     def _spawn(self, function: Callable[..., None], *args: Any) -> None:
-        """Run ``function`` in a greenlet of this recipe; an unexpected exception is
-        reported on the channel and in the log, never lost."""
+        """Run ``function`` in a greenlet of this recipe. If it raises (anything but
+        ``GreenletExit``) the error is reported as fatal on the channel and in the log,
+        and the recipe stops: it releases what it holds and closes its channel."""
 
         def guarded() -> None:
             try:
@@ -160,9 +259,18 @@ class Recipe(Generic[E]):
             except gevent.GreenletExit:
                 raise
             except EtcdError as exc:
-                self._report(exc, fatal=True)
+                self._crashed(exc)
             except Exception as exc:
                 log.exception("%r crashed", self)
-                self._report(EtcdError(f"{type(self).__name__} crashed: {exc!r}"), fatal=True)
+                self._crashed(EtcdError(f"{type(self).__name__} crashed: {exc!r}"))
 
         self._greenlets.spawn(guarded)
+
+    def _crashed(self, error: EtcdError) -> None:
+        """Stop, releasing what the recipe holds, and report ``error`` as fatal (called
+        in the recipe's own greenlet)."""
+        if not self._running:  # already stopping: the error is the stop's echo
+            log.info("%r: %s (while stopping)", self, error)
+            return
+        log.warning("%r stops: %s", self, error)
+        self._shutdown(error)

@@ -43,7 +43,7 @@ from ..staleness import Staleness
 from ..watch import PrefixUpdate, PrefixWatch
 from ..wire import Event as WatchedEvent
 from ..wire import EventType, KeyValue
-from .base import Recipe, RecipeError
+from .base import Recipe, RecipeError, Release
 
 if TYPE_CHECKING:
     from ..connector import Connector
@@ -214,11 +214,11 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
         self.stop()
         raise error
 
-    def stop(self) -> None:
+    def stop(self) -> Release:
         """Stop following (idempotent): unsubscribe, end the changes channel, end running
         callbacks and wake :meth:`wait_for` callers; the mapping keeps its last state.
         A callback may stop its own watcher: its call then runs to its end."""
-        super().stop()
+        return super().stop()
 
     def _release(self) -> None:
         self._conn.hub.unsubscribe(self._prefix, self._on_update)

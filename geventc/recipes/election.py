@@ -1,7 +1,7 @@
 """LeaderElector: etcd ``concurrency.Election`` semantics on a gevent channel.
 
-Each candidate writes ``path/<lease-id-hex>`` = identity under its own lease; the
-candidate whose key has the lowest create revision leads. Candidates follow the
+Each candidate writes ``path + "/" + <lease-id-hex>`` = identity under its own lease;
+the candidate whose key has the lowest create revision leads. Candidates follow the
 election through one shared watch of ``path/`` and act only when the key ahead of them
 goes away, so a change costs no herd of requests. The channel carries an
 :class:`ElectionEvent` on every change of status or leader:
@@ -9,14 +9,21 @@ goes away, so a change costs no herd of requests. The channel carries an
 - ``LEADER`` (with ``fencing_token``: the leader key's create revision) after a
   linearizable check that no older candidate remains;
 - ``FOLLOWER`` with the current leader's identity;
-- ``SUSPENDED``: keep-alive is failing; a leader must stop acting as leader now;
+- ``SUSPENDED``: keep-alive is failing: a renewal has not succeeded by the time it
+  should have (at most TTL/3 + ``min(1 s, TTL/6)`` after the last renewal that
+  succeeded was sent, always before ``LOST``, whatever the request timeout); a leader
+  must stop acting as leader now;
 - ``LOST``: the lease has surely expired (TTL since the last renewal that succeeded
-  was sent). The elector then campaigns again with a new lease.
+  was sent) or etcd no longer has it. The elector then campaigns again with a new
+  lease, after deleting its own key left on the old one (the old lease is revoked
+  too), so it never waits behind itself.
 
 A process that was paused past its TTL reports ``LOST`` before anything else. Writes
 that must only happen under leadership use :meth:`LeaderElector.guard` (or
 :meth:`LeaderElector.txn`), which fail with :class:`NotLeader` for a stale leader.
-``stop()`` resigns: the next candidate takes over at once.
+``stop()`` resigns: the next candidate takes over at once. An elector that crashes (an
+unexpected exception in its greenlet) reports it, resigns and revokes its lease: it
+stops, and never blocks the election.
 """
 
 from __future__ import annotations
@@ -31,13 +38,13 @@ from gevent.event import Event as Signal
 
 from .. import validate
 from ..channel import Channel
-from ..errors import EtcdError, InvalidArgument, NotLeader
+from ..errors import EtcdError, InvalidArgument, LeaseNotFound, NotLeader
 from ..lease import KeptLease, LeaseState
 from ..retry import Backoff
 from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate
 from ..wire import KeyValue, RangeResult, TxnResult
-from .base import Recipe, RecipeError
+from .base import Recipe, RecipeError, Release
 
 if TYPE_CHECKING:
     from ..connector import Connector
@@ -54,30 +61,47 @@ class ElectionStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ElectionEvent:
-    """A change of this candidate's status or of the leader it knows."""
+    """A change of this candidate's status or of the leader it knows. ``stale`` (for a
+    ``FOLLOWER``) says the leader it knows could not be confirmed current for longer
+    than the liveness bound: the election may have moved on meanwhile; a ``FOLLOWER``
+    event with ``stale=False`` follows once it is current again."""
 
     status: ElectionStatus
     leader: str | None = None
     fencing_token: int = 0
     error: EtcdError | None = None
+    stale: bool = False
 
 
 class LeaderElector(Recipe[ElectionEvent]):
-    """A candidate in the election at ``path``; see the module docstring."""
+    """A candidate in the election at ``path``; see the module docstring.
+
+    ``path`` is used exactly as given, as Go's ``concurrency.NewElection`` uses it: the
+    candidates' keys are ``path + "/" + <lease id in lowercase hex>``, so Go and Python
+    candidates given the same string share one election. A trailing slash is part of
+    the name: ``"/x/"`` is the election of the keys ``/x//<id>``, not the same as
+    ``"/x"`` (keys ``/x/<id>``). As in Go, the keys ``/x//<id>`` also lie under the
+    prefix ``/x/``, so candidates of ``"/x"`` wait behind a ``"/x/"`` candidate that
+    campaigned first, while candidates of ``"/x/"`` never see those of ``"/x"``: give
+    an election one spelling, preferably without a trailing slash. A path that is
+    empty or only slashes is refused with :class:`InvalidArgument`."""
 
     def __init__(self, conn: Connector, path: str, identity: str, ttl: int = 10) -> None:
         super().__init__(conn)
         if not isinstance(identity, str) or not identity:
             raise InvalidArgument("identity must be a non-empty str")
         stored = conn.namespace.key(path, "path")
-        self.path = conn.namespace.strip(stored).rstrip(b"/")
-        if not self.path:
+        self.path = conn.namespace.strip(stored)
+        if not self.path.strip(b"/"):
             raise InvalidArgument("path must name an election, not the root")
         self.identity = identity
         self.ttl = validate.ttl(ttl)
         self._prefix = self.path + b"/"
         self._lease: KeptLease | None = None
         self._key = b""
+        self._left: dict[bytes, int] = {}  # own keys left on lost leases -> their lease
+        self._leftover: float | None = None  # after a failed resign: when the key expires
+        self._stale = False  # the watch of the election could not be confirmed current
         self._lease_of_key = 0
         self._revision = 0
         self._state: dict[bytes, KeyValue] = {}
@@ -104,13 +128,21 @@ class LeaderElector(Recipe[ElectionEvent]):
 
     @property
     def is_leader(self) -> bool:
-        """True while this candidate leads and its lease is surely alive."""
+        """True while this candidate leads and its lease is surely alive and renewed
+        (False from the moment a renewal is overdue: SUSPENDED)."""
         return (
             self._last is not None
             and self._last.status is ElectionStatus.LEADER
             and self._lease is not None
             and self._lease.valid
+            and self._lease.state is LeaseState.ACTIVE
         )
+
+    @property
+    def lease(self) -> KeptLease | None:
+        """The lease this candidate's key is attached to (None before the first grant);
+        its ``id`` changes when a lost lease is replaced."""
+        return self._lease
 
     @property
     def fencing_token(self) -> int:
@@ -154,8 +186,9 @@ class LeaderElector(Recipe[ElectionEvent]):
                     )
                 if self._key and self._lease.id != self._lease_of_key:
                     self._report_status(ElectionStatus.LOST)  # the old lease expired
-                    self._key = b""
+                    self._leave_key()
                 if not self._key and self._lease.valid:
+                    self._delete_left_keys()
                     self._campaign()
                 self._evaluate()
                 backoff.reset()
@@ -165,27 +198,49 @@ class LeaderElector(Recipe[ElectionEvent]):
                 self._report_status(ElectionStatus.SUSPENDED, exc)
                 gevent.sleep(backoff.next())
 
+    def _leave_key(self) -> None:
+        """Forget the key of a lost lease, to be deleted before the next campaign."""
+        if self._key:
+            self._left[self._key] = self._lease_of_key
+            self._key = b""
+
+    def _delete_left_keys(self) -> None:
+        """Delete this candidate's keys left on lost leases (the server may have kept
+        them, e.g. across a restart), so it never waits behind its own old key."""
+        for key, lease_id in list(self._left.items()):
+            self._conn.txn([Compare.lease(key) == lease_id], [Op.delete(key)])
+            del self._left[key]
+
     def _campaign(self) -> None:
         lease = self._lease
         assert lease is not None
-        key = self._prefix + f"{lease.id:x}".encode()
+        used = lease.id
+        try:
+            self._key, self._revision = self._put_key(used)
+            self._lease_of_key = used
+        except LeaseNotFound:  # revoked behind our back: campaign again on a new lease
+            lease.invalidate(used)
+
+    def _put_key(self, lease_id: int) -> tuple[bytes, int]:
+        """Write (or find) this candidate's key on ``lease_id``; its create revision."""
+        key = self._prefix + f"{lease_id:x}".encode()
         result = self._conn.txn(
             [Compare.create_revision(key) == 0],
-            [Op.put(key, self.identity, lease=lease.id)],
+            [Op.put(key, self.identity, lease=lease_id)],
             [Op.get(key)],
         )
         if result.succeeded:
-            revision = result.header.revision
-        else:
-            read = result.responses[0]
-            assert isinstance(read, RangeResult) and read.kvs
-            revision = read.kvs[0].create_revision
-            if read.kvs[0].value_str != self.identity:  # proclaim our identity
-                self._conn.txn(
-                    [Compare.create_revision(key) == revision],
-                    [Op.put(key, self.identity, lease=lease.id)],
-                )
-        self._key, self._revision, self._lease_of_key = key, revision, lease.id
+            return key, result.header.revision
+        read = result.responses[0]
+        if not (isinstance(read, RangeResult) and read.kvs):
+            raise EtcdError(f"the election key {key.decode()!r} vanished; campaigning again")
+        revision = read.kvs[0].create_revision
+        if read.kvs[0].value_str != self.identity:  # proclaim our identity
+            self._conn.txn(
+                [Compare.create_revision(key) == revision],
+                [Op.put(key, self.identity, lease=lease_id)],
+            )
+        return key, revision
 
     def _evaluate(self) -> None:
         lease = self._lease
@@ -193,7 +248,7 @@ class LeaderElector(Recipe[ElectionEvent]):
             return
         if not lease.valid:
             self._report_status(ElectionStatus.LOST)
-            self._key = b""
+            self._leave_key()
             return
         if lease.state is LeaseState.SUSPENDED:
             self._report_status(ElectionStatus.SUSPENDED)
@@ -212,7 +267,8 @@ class LeaderElector(Recipe[ElectionEvent]):
         first = self._first()
         assert first is not None
         if first.key == self._key:
-            if self._no_older_candidate():
+            # the lease may have been suspended while etcd was asked: then not a leader
+            if self._no_older_candidate() and lease.state is LeaseState.ACTIVE and lease.valid:
                 self._report_status(ElectionStatus.LEADER, leader=self.identity)
         else:
             self._report_status(ElectionStatus.FOLLOWER, leader=first.value_str)
@@ -245,11 +301,12 @@ class LeaderElector(Recipe[ElectionEvent]):
         if status in (ElectionStatus.SUSPENDED, ElectionStatus.LOST) and self._last:
             leader = self._last.leader
         token = self._revision if status is ElectionStatus.LEADER else 0
-        event = ElectionEvent(status, leader, token, error)
+        stale = self._stale and status is ElectionStatus.FOLLOWER
+        event = ElectionEvent(status, leader, token, error, stale)
         if (
             self._last is not None
-            and (event.status, event.leader, event.fencing_token)
-            == (self._last.status, self._last.leader, self._last.fencing_token)
+            and (event.status, event.leader, event.fencing_token, event.stale)
+            == (self._last.status, self._last.leader, self._last.fencing_token, self._last.stale)
             and error is None
         ):
             return
@@ -259,9 +316,20 @@ class LeaderElector(Recipe[ElectionEvent]):
     # --- callbacks (from the lease and watch greenlets) --------------------------------
 
     def _on_lease(self, lease: KeptLease, state: LeaseState) -> None:
+        # told at once, even while the campaign greenlet waits for etcd
+        if self._running and self._key and lease.id == self._lease_of_key:
+            if state is LeaseState.SUSPENDED:
+                self._report_status(ElectionStatus.SUSPENDED)
+            elif state is LeaseState.LOST:
+                self._report_status(ElectionStatus.LOST)
         self._wake.set()
 
     def _on_change(self, update: PrefixUpdate) -> None:
+        if update.stale != self._stale:
+            self._stale = update.stale
+            last = self._last
+            if self._running and last is not None and last.status is ElectionStatus.FOLLOWER:
+                self._report_status(ElectionStatus.FOLLOWER, leader=last.leader)
         if update.error is not None:
             return
         self._state = dict(update.state)
@@ -270,14 +338,25 @@ class LeaderElector(Recipe[ElectionEvent]):
 
     # --- stop --------------------------------------------------------------------------
 
-    def _release(self) -> None:
+    def _release(self) -> Release | None:
         self._conn.hub.unsubscribe(self._prefix, self._on_change)
         lease, self._lease = self._lease, None
         key, self._key = self._key, b""
         if lease is None:
-            return
+            return None
         try:
             if key:  # resign: the next candidate takes over at once
                 self._conn.txn([Compare.create_revision(key) == self._revision], [Op.delete(key)])
-        finally:
-            self._conn.lease_keeper.release(lease, self._on_lease)
+            self._delete_left_keys()
+        except BaseException:  # no answer, or out of time: the key goes with the lease
+            self._leftover = lease.expires_in
+            self._conn.group.spawn(self._conn.lease_keeper.release, lease, self._on_lease)
+            raise
+        self._conn.lease_keeper.release(lease, self._on_lease, timeout=self._remaining())
+        return None
+
+    def _held_text(self) -> str:
+        return f"resign from {self.path.decode('utf-8', 'replace')}"
+
+    def _expires_in(self) -> float | None:
+        return self._leftover

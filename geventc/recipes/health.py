@@ -7,7 +7,8 @@ down) it checks the members of the last list it got; a member that was added but
 not started yet (no client URL) counts as unhealthy. The cluster is ``HEALTHY`` when
 every member is, ``DEGRADED`` while a quorum is, ``UNHEALTHY`` otherwise or when
 nothing answers. The first result is emitted, then only changes; with ``once=True`` one
-result and the channel closes.
+result and the channel closes. The per-member checks run in greenlets of the monitor
+(and of its connector), so ``stop()`` and ``Connector.close()`` end them too.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class HealthMonitor(Recipe[ClusterHealth]):
                 MemberHealth(e, e, False, error=str(exc)) for e in self._conn.client.endpoints
             )
             return ClusterHealth(ClusterStatus.UNHEALTHY, down)
-        checks = [gevent.spawn(self._member, name, url, timeout) for name, url in members]
+        checks = [self._greenlets.spawn(self._member, name, url, timeout) for name, url in members]
         gevent.joinall(checks)
         results = tuple(c.value for c in checks if c.value is not None)
         healthy = sum(m.healthy for m in results)

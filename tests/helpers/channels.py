@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 def next_of(channel: Channel[Any], kind: type[T], timeout: float = 10.0) -> T:
     """The next event of ``kind`` on ``channel``; other events (e.g. RecipeError
-    reports) are skipped; ``gevent.Timeout`` after ``timeout`` seconds."""
+    reports) are skipped; :class:`geventc.errors.ChannelTimeout` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         event = channel.get(timeout=max(0.01, deadline - time.monotonic()))
