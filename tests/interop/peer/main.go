@@ -1,0 +1,301 @@
+// Command peer is the Go side of geventc's interop tests: it drives etcd's own
+// client/v3 and concurrency packages against the same etcd as geventc and reports
+// what it sees as JSON lines on stdout, one object per line, each with an "event"
+// name and a "time" (Unix seconds, float).
+//
+// Subcommands:
+//
+//	campaign             --endpoints E --path P --identity I --ttl N
+//	leader               --endpoints E --path P
+//	watch-require-leader --endpoints E --key K
+//	mutex-key            --endpoints E --path P --ttl N
+//
+// Long-running subcommands exit cleanly (resigning or unlocking, then revoking their
+// session's lease) on SIGTERM, SIGINT or EOF on stdin. A failure prints
+// {"event":"error","error":"..."} and exits with status 1.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+)
+
+var (
+	started = time.Now()
+	outMu   sync.Mutex
+)
+
+// emit prints one JSON line: the event name, the time, then the given fields.
+func emit(event string, fields map[string]any) {
+	line := map[string]any{"event": event, "time": float64(time.Now().UnixNano()) / 1e9}
+	for k, v := range fields {
+		line[k] = v
+	}
+	data, err := json.Marshal(line)
+	if err != nil {
+		panic(err)
+	}
+	outMu.Lock()
+	defer outMu.Unlock()
+	os.Stdout.Write(append(data, '\n'))
+}
+
+func fail(err error) {
+	emit("error", map[string]any{"error": err.Error()})
+	os.Exit(1)
+}
+
+// stopContext is cancelled on SIGTERM, SIGINT or EOF on stdin.
+func stopContext() context.Context {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	return ctx
+}
+
+type options struct {
+	endpoints string
+	path      string
+	key       string
+	identity  string
+	ttl       int
+}
+
+func parse(name string, args []string) options {
+	var o options
+	fs := flag.NewFlagSet(name, flag.ExitOnError)
+	fs.StringVar(&o.endpoints, "endpoints", "http://127.0.0.1:2379", "comma-separated client URLs")
+	fs.StringVar(&o.path, "path", "", "election or mutex prefix, used as given")
+	fs.StringVar(&o.key, "key", "", "key prefix to watch")
+	fs.StringVar(&o.identity, "identity", "", "the candidate's value")
+	fs.IntVar(&o.ttl, "ttl", 5, "session TTL in seconds")
+	_ = fs.Parse(args)
+	return o
+}
+
+func connect(o options) *clientv3.Client {
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   strings.Split(o.endpoints, ","),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		fail(err)
+	}
+	return client
+}
+
+func hexLease(id clientv3.LeaseID) string { return fmt.Sprintf("%x", int64(id)) }
+
+// waitForKey polls until key exists (or ctx ends); true when it was seen.
+func waitForKey(ctx context.Context, client *clientv3.Client, key string) bool {
+	for {
+		resp, err := client.Get(ctx, key, clientv3.WithKeysOnly())
+		if err == nil && len(resp.Kvs) > 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func campaign(o options) {
+	stop := stopContext()
+	client := connect(o)
+	defer client.Close()
+	session, err := concurrency.NewSession(client, concurrency.WithTTL(o.ttl))
+	if err != nil {
+		fail(err)
+	}
+	defer session.Close()
+	election := concurrency.NewElection(session, o.path)
+	// the key Campaign writes, computed as concurrency does: prefix + "/" + hex lease
+	key := fmt.Sprintf("%s/%x", o.path, session.Lease())
+	emit("session", map[string]any{"lease": hexLease(session.Lease()), "key": key})
+
+	ctx, cancel := context.WithCancel(stop)
+	defer cancel()
+	led := make(chan error, 1)
+	go func() { led <- election.Campaign(ctx, o.identity) }()
+	seen := make(chan struct{})
+	go func() {
+		if waitForKey(ctx, client, key) {
+			emit("campaigning", map[string]any{"key": key, "lease": hexLease(session.Lease())})
+		}
+		close(seen)
+	}()
+
+	select {
+	case err := <-led:
+		<-seen
+		if err != nil {
+			if stop.Err() != nil {
+				emit("stopped", nil)
+				return
+			}
+			fail(err)
+		}
+		emit("leader", map[string]any{
+			"key": election.Key(), "rev": election.Rev(), "identity": o.identity,
+			"lease": hexLease(session.Lease()),
+		})
+	case <-session.Done():
+		fail(errors.New("session expired while campaigning"))
+	}
+
+	select {
+	case <-stop.Done():
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer rcancel()
+		if err := election.Resign(rctx); err != nil {
+			fail(err)
+		}
+		emit("resigned", map[string]any{"key": key})
+	case <-session.Done():
+		emit("lost", map[string]any{"key": key})
+	}
+}
+
+func leader(o options) {
+	client := connect(o)
+	defer client.Close()
+	session, err := concurrency.NewSession(client, concurrency.WithTTL(5))
+	if err != nil {
+		fail(err)
+	}
+	defer session.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := concurrency.NewElection(session, o.path).Leader(ctx)
+	if errors.Is(err, concurrency.ErrElectionNoLeader) {
+		emit("no-leader", nil)
+		return
+	}
+	if err != nil {
+		fail(err)
+	}
+	kv := resp.Kvs[0]
+	emit("leader", map[string]any{
+		"key": string(kv.Key), "value": string(kv.Value), "rev": kv.CreateRevision,
+		"lease": hexLease(clientv3.LeaseID(kv.Lease)),
+	})
+}
+
+func watchRequireLeader(o options) {
+	stop := stopContext()
+	client := connect(o)
+	defer client.Close()
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(stop))
+	defer cancel()
+	watch := client.Watch(ctx, o.key, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	ended := func(reason string) {
+		emit("ended", map[string]any{
+			"error": reason, "seconds_since_start": time.Since(started).Seconds(),
+		})
+	}
+	for {
+		select {
+		case <-stop.Done():
+			emit("stopped", nil)
+			return
+		case resp, ok := <-watch:
+			if stop.Err() != nil {
+				emit("stopped", nil)
+				return
+			}
+			if !ok {
+				ended("watch channel closed")
+				return
+			}
+			if err := resp.Err(); err != nil {
+				ended(err.Error())
+				return
+			}
+			if resp.Created {
+				emit("created", map[string]any{"revision": resp.Header.Revision})
+			}
+			for _, ev := range resp.Events {
+				emit("change", map[string]any{
+					"type": ev.Type.String(), "key": string(ev.Kv.Key),
+					"revision": ev.Kv.ModRevision,
+				})
+			}
+		}
+	}
+}
+
+func mutexKey(o options) {
+	stop := stopContext()
+	client := connect(o)
+	defer client.Close()
+	session, err := concurrency.NewSession(client, concurrency.WithTTL(o.ttl))
+	if err != nil {
+		fail(err)
+	}
+	defer session.Close()
+	mutex := concurrency.NewMutex(session, o.path)
+	emit("session", map[string]any{
+		"lease": hexLease(session.Lease()),
+		"key":   fmt.Sprintf("%s/%x", o.path, session.Lease()),
+	})
+	if err := mutex.Lock(stop); err != nil {
+		if stop.Err() != nil {
+			emit("stopped", nil)
+			return
+		}
+		fail(err)
+	}
+	key := mutex.Key()
+	emit("locked", map[string]any{"key": key, "rev": mutex.Header().Revision})
+	select {
+	case <-stop.Done():
+		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ucancel()
+		if err := mutex.Unlock(uctx); err != nil {
+			fail(err)
+		}
+		emit("unlocked", map[string]any{"key": key})
+	case <-session.Done():
+		emit("lost", map[string]any{"key": key})
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: peer campaign|leader|watch-require-leader|mutex-key [flags]")
+		os.Exit(2)
+	}
+	o := parse(os.Args[1], os.Args[2:])
+	switch os.Args[1] {
+	case "campaign":
+		campaign(o)
+	case "leader":
+		leader(o)
+	case "watch-require-leader":
+		watchRequireLeader(o)
+	case "mutex-key":
+		mutexKey(o)
+	default:
+		fmt.Fprintf(os.Stderr, "peer: unknown subcommand %q\n", os.Args[1])
+		os.Exit(2)
+	}
+}
