@@ -10,9 +10,14 @@ ssl: a program may import it before ``gevent.monkey.patch_all()``.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+
+#: urllib3 was loaded before geventc (by the program or another library): NotPatched
+#: then names that import, not geventc's own
+URLLIB3_LOADED_BEFORE = "urllib3" in sys.modules
 
 if TYPE_CHECKING:
     from . import errors

@@ -22,6 +22,7 @@ from .client import Client
 from .endpoints import parse_endpoint
 from .errors import ClientClosed, InvalidArgument
 from .lease import LeaseKeeper
+from .liveness import Liveness
 from .namespace import Namespace
 from .txn import Comparison, TxnOp, txn_body
 from .watch import WatchHub
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from .recipes.health import HealthMonitor
     from .recipes.observer import Observer
     from .recipes.tracker import ServiceTracker
+    from .registry import Registry
+    from .resolver import Resolver
+    from .retry import RetryPolicy
 
 log = logging.getLogger("geventc")
 
@@ -130,6 +134,21 @@ class Connector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def request_timeout(self) -> float:
+        """How long one call (with its retries) may take: the client's ``timeout``."""
+        return self.client.transport.timeout
+
+    @property
+    def liveness(self) -> Liveness:
+        """The client's stall detector (see :mod:`geventc.liveness`)."""
+        return self.client.liveness
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The client's endpoints."""
+        return self.client.endpoints
 
     @property
     def written_revision(self) -> int:
@@ -226,24 +245,70 @@ class Connector:
 
         return ServiceTracker(self, path)
 
-    def observer(self, path: str) -> Observer:
-        """Every change of a key (or prefix), exactly once, in order."""
+    def observer(
+        self,
+        path: str,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        maxsize: int | None = None,
+    ) -> Observer:
+        """Every change of the key ``path`` (or, with ``prefix``, of every key under
+        ``path + "/"``), exactly once, in order, from ``start_revision`` (0: from
+        now); ``maxsize`` bounds its channel."""
         from .recipes.observer import Observer
 
-        return Observer(self, path)
+        return Observer(self, path, prefix=prefix, start_revision=start_revision, maxsize=maxsize)
 
-    def health_monitor(self) -> HealthMonitor:
-        """The health of every member of the cluster."""
+    def health_monitor(self, *, once: bool = False, interval: float = 10.0) -> HealthMonitor:
+        """The health of every member of the cluster, every ``interval`` seconds (or
+        ``once``)."""
         from .recipes.health import HealthMonitor
 
-        return HealthMonitor(self)
+        return HealthMonitor(self, once=once, interval=interval)
 
-    def config(self, prefix: str, *, decode: Callable[[bytes], Any] | None = None) -> ConfigWatcher:
+    def config(
+        self,
+        prefix: str,
+        *,
+        decode: Callable[[bytes], Any] | None = None,
+        maxsize: int | None = None,
+    ) -> ConfigWatcher:
         """The configuration under ``prefix`` as a live read-only mapping of relative
-        names to values (``decode``d, UTF-8 text by default), with its changes."""
+        names to values (``decode``d, UTF-8 text by default), with its changes
+        (``maxsize`` bounds their channel)."""
         from .recipes.config import ConfigWatcher
 
-        return ConfigWatcher(self, prefix, decode=decode)
+        return ConfigWatcher(self, prefix, decode=decode, maxsize=maxsize)
+
+    def registry(
+        self,
+        *,
+        prefix: str = "kitex/registry-etcd",
+        ttl: int | None = None,
+        retry: RetryPolicy | None = None,
+        format: str = "kitex",
+    ) -> Registry:
+        """A Kitex-compatible service registry (see :class:`~geventc.Registry`)."""
+        from .registry import Registry
+
+        return Registry(self, prefix=prefix, ttl=ttl, retry=retry, format=format)
+
+    def resolver(
+        self,
+        *,
+        prefix: str = "kitex/registry-etcd",
+        default_weight: int = 10,
+        format: str = "kitex",
+        strategy: str = "round_robin",
+    ) -> Resolver:
+        """A Kitex-compatible resolver with a watch-driven cache (see
+        :class:`~geventc.Resolver`)."""
+        from .resolver import Resolver
+
+        return Resolver(
+            self, prefix=prefix, default_weight=default_weight, format=format, strategy=strategy
+        )
 
     def txn_guard(self, elector: LeaderElector) -> Comparison:
         """The comparison that lets a txn succeed only while ``elector`` leads."""

@@ -148,3 +148,27 @@ class NoInstances(EtcdError):
 
 class ForkedProcess(EtcdError, RuntimeError):
     """A client or connector made before ``fork()`` was used in the child process."""
+
+
+class TokenExpired(AuthenticationFailed):
+    """The auth token is no longer valid; the transport re-authenticates and retries
+    once (it reaches callers only when that fails too)."""
+
+
+class ConfigDecodeError(EtcdError):
+    """The value of ``key`` written at ``revision`` could not be decoded; the mapping
+    keeps the key's previous value. The decoder's exception is ``__cause__`` (it is not
+    quoted in the message, which may be logged: values can be secrets)."""
+
+    def __init__(self, key: str, revision: int, cause: Exception) -> None:
+        super().__init__(
+            f"the value of config key {key!r} at revision {revision} could not be decoded "
+            f"({type(cause).__name__}); keeping its previous value"
+        )
+        self.key = key
+        self.revision = revision
+        self.__cause__ = cause
+
+
+class NotConfigured(RecipeStateError):
+    """An integration helper was used before (or without) the setting it needs."""

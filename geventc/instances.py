@@ -6,7 +6,7 @@ Two formats are spoken, byte for byte:
   Go's ``encoding/json`` writes for ``{"network","address","weight","tags"}``.
 - ``etcd-endpoints``: etcd's ``client/v3/naming/endpoints``. Key
   ``{prefix}/{service}/{address}`` (the target is ``{prefix}/{service}``), value
-  ``{"Addr":..,"Metadata":{"network","weight","tags"}}``.
+  ``{"Op":0,"Addr":..,"Metadata":{"network","weight","tags"}}`` (Go's ``internal.Update``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ DEFAULT_WEIGHT = 10
 UNSPECIFIED_HOSTS = ("", "0.0.0.0", "::")
 ENV_IP = "KITEX_IP_TO_REGISTRY"
 ENV_PORT = "KITEX_PORT_TO_REGISTRY"
+GO_INT_MIN, GO_INT_MAX = -(2**63), 2**63 - 1
 
 
 def split_address(address: Any) -> tuple[str, int]:
@@ -104,6 +105,11 @@ class Instance:
             raise InvalidArgument("network must be a non-empty str such as 'tcp'")
         if isinstance(self.weight, bool) or not isinstance(self.weight, int):
             raise InvalidArgument(f"weight must be an int, not {type(self.weight).__name__}")
+        if not GO_INT_MIN <= self.weight <= GO_INT_MAX:  # Kitex's Go int: int64
+            raise InvalidArgument(
+                f"weight {self.weight} does not fit Go's int (from {GO_INT_MIN} to {GO_INT_MAX}); "
+                "Go clients could not read it"
+            )
         if not isinstance(self.tags, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
         ):
@@ -209,7 +215,8 @@ def encode(instance: Instance, fmt: str = "kitex") -> bytes:
         f'{{"network":{go_string(instance.network)},"weight":{instance.weight},'
         f'"tags":{go_string_map(instance.tags)}}}'
     )
-    return f'{{"Addr":{go_string(instance.address)},"Metadata":{meta}}}'.encode()
+    # as Go's endpoints.Manager writes an internal.Update: Op (Add = 0), Addr, Metadata
+    return f'{{"Op":0,"Addr":{go_string(instance.address)},"Metadata":{meta}}}'.encode()
 
 
 def decode(

@@ -19,7 +19,9 @@ A renewal never waits past the lease's remaining time. After a loss the renewing
 greenlet grants a new lease at once (then with backoff while etcd does not answer);
 a lease lost only by the clock (the server may have kept it, e.g. across a restart
 with its data) is revoked in the background once the new one is granted, so nothing
-stays behind on it. :meth:`KeptLease.was_held` recognises the ids held before.
+stays behind on it. :meth:`KeptLease.was_held` recognises the ids held before. A lease
+granted elsewhere and adopted (:meth:`KeptLease.adopt`) is renewed the same way, but
+not replaced once lost: that is left to whoever adopted it.
 
 :class:`LeaseKeeper` hands out one shared lease per TTL, so N keys with one TTL cost one
 keep-alive request per TTL/3, and private leases for recipes that need their own.
@@ -87,6 +89,7 @@ class KeptLease:
         self._listeners: dict[LeaseListener, int] = {}
         self._holders = 0  # the sum of the counts above, kept: O(1) per release
         self._greenlet: gevent.Greenlet[[], None] | None = None
+        self._adopted = False  # granted elsewhere: not replaced once lost (see adopt)
 
     def __repr__(self) -> str:
         return f"KeptLease(id={self.id:x}, ttl={self.ttl}, state={self.state.value})"
@@ -121,6 +124,24 @@ class KeptLease:
     def grant(self) -> None:
         """Grant the lease now (in the caller's greenlet) and start renewing it."""
         self._grant_once()
+        if self._greenlet is None:
+            self._greenlet = self._group.spawn(self._renew_forever)
+
+    def adopt(self, lease_id: int) -> None:
+        """Keep alive ``lease_id``, a lease granted elsewhere (say, by another process
+        that shares it), instead of granting one: renewed once now, in the caller's
+        greenlet (raising :class:`LeaseNotFound` if etcd no longer has it, or the
+        renewal's error), then every TTL/3 like a granted lease. Once it is lost it is not
+        replaced: the holders hear ``LOST``, the renewals end, and granting or adopting
+        another lease is the caller's decision."""
+        sent = time.monotonic()
+        outcome = self._keepalive(lease_id, self._client.transport.timeout)
+        if isinstance(outcome, EtcdError):
+            raise outcome
+        self._adopted = True
+        self.id, self.ttl = lease_id, outcome
+        self._sent, self._deadline = sent, sent + outcome
+        self.state = LeaseState.ACTIVE
         if self._greenlet is None:
             self._greenlet = self._group.spawn(self._renew_forever)
 
@@ -194,6 +215,8 @@ class KeptLease:
         while True:
             try:
                 if self.state is LeaseState.LOST:
+                    if self._adopted:
+                        return  # granted elsewhere: replacing it is the caller's decision
                     self._regrant()
                     continue
                 due = self._sent + self.ttl / 3
@@ -352,6 +375,15 @@ class LeaseKeeper:
                 self._shared[ttl] = kept
             kept.add(listener)
         return kept
+
+    def adopt(self, lease_id: int, ttl: int, listener: LeaseListener) -> KeptLease:
+        """A private kept lease renewing ``lease_id`` (of ``ttl`` seconds), granted
+        elsewhere, with ``listener`` registered as a holder; see :meth:`KeptLease.adopt`
+        (raises its error)."""
+        lease = KeptLease(self._client, ttl, self._group, shared=False)
+        lease.adopt(lease_id)
+        lease.add(listener)
+        return lease
 
     def release(
         self, lease: KeptLease, listener: LeaseListener, *, timeout: float = 1.0

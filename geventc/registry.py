@@ -23,15 +23,15 @@ import gevent
 
 from . import validate
 from .channel import Channel
-from .errors import InvalidArgument
+from .errors import InvalidArgument, RecipeStateError
 from .instances import FORMATS, Instance, encode
-from .recipes.base import RELEASED, RecipeError, Release
+from .recipes.base import RELEASED, Recipe, RecipeError, Release
 from .recipes.ephemeral import EphemeralEvent, EphemeralKey
 from .retry import RetryPolicy
 from .staleness import Staleness
 
 if TYPE_CHECKING:
-    from .connector import Connector
+    from .host import RecipeHost
 
 log = logging.getLogger("geventc")
 
@@ -65,39 +65,44 @@ def _ttl_from_env(ttl: int | None) -> int:
     return int(text)
 
 
-class Registry:
+class Registry(Recipe[EphemeralEvent | Staleness]):
     """Registers service instances; see the module docstring.
 
     ``ttl`` defaults to ``$KITEX_ETCD_REGISTRY_LEASE_TTL`` or 60 s; ``format`` is
-    ``kitex`` or ``etcd-endpoints``."""
+    ``kitex`` or ``etcd-endpoints``. A recipe like the others (``conn.registry(...)``):
+    its channel (:meth:`events`) reports on every registration; :meth:`register`
+    starts it if needed; ``stop()`` (or :meth:`close`) deregisters everything."""
 
     def __init__(
         self,
-        conn: Connector,
+        conn: RecipeHost,
         *,
         prefix: str = DEFAULT_PREFIX,
         ttl: int | None = None,
         retry: RetryPolicy | None = None,
         format: str = "kitex",
     ) -> None:
+        super().__init__(conn)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgument("retry must be a geventc.RetryPolicy or None")
         self.prefix = check_prefix(prefix)
         self.ttl = _ttl_from_env(ttl)
         self.retry = retry or RetryPolicy()
         self.format = check_format(format)
-        self._conn = conn
         self._keys: dict[str, tuple[Instance, EphemeralKey]] = {}
-        self._events: Channel[EphemeralEvent | Staleness | RecipeError] = Channel()
 
     def __repr__(self) -> str:
         return f"Registry({self.prefix!r}, instances={len(self._keys)})"
 
-    def __enter__(self) -> Registry:
-        return self
+    def _start(self) -> None:
+        self._begin()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _running_now(self) -> None:
+        """Start on first use; a stopped registry registers nothing more."""
+        if not self._running:
+            if self._stopped:
+                raise RecipeStateError(f"{self!r} was closed; make a new one")
+            self.start()
 
     def key_of(self, instance: Instance) -> str:
         """The etcd key of ``instance``."""
@@ -109,6 +114,7 @@ class Registry:
         again replaces its value."""
         if not isinstance(instance, Instance):
             raise InvalidArgument("register() takes a geventc.Instance")
+        self._running_now()
         registered = instance.for_registration()
         key = self.key_of(registered)
         value = encode(registered, self.format)
@@ -118,7 +124,7 @@ class Registry:
             self._keys[key] = (registered, self._keys[key][1])
             return registered
         ephemeral = EphemeralKey(self._conn, key, overwrite=True, retry=self.retry)
-        ephemeral.create(value, self.ttl, channel=self._events)
+        ephemeral.create(value, self.ttl, channel=self.channel)
         self._keys[key] = (registered, ephemeral)
         log.info("registered %s at %s", registered.service, registered.address)
         return registered
@@ -149,20 +155,26 @@ class Registry:
         """Losses and restorations of registrations, problems (a fatal
         :class:`RecipeError` with :class:`RetriesExhausted` when retries give up), and
         :class:`Staleness` while a registration's watch cannot be confirmed current
-        (a deletion of it could go unseen until it is)."""
-        return self._events
+        (a deletion of it could go unseen until it is). Starts the registry if needed."""
+        if not self._running and not self._stopped:
+            self.start()
+        return self.channel
 
     def close(self) -> Release:
-        """Deregister every instance, all at once, and close the events channel;
-        returns within the connector's ``stop_timeout``, true only when etcd confirmed
-        every deletion."""
+        """:meth:`stop`: deregister every instance, all at once, and close the events
+        channel; returns within the connector's ``stop_timeout``, true only when etcd
+        confirmed every deletion."""
+        if not self._running and not self._stopped and not self._keys:
+            self.start()  # closing a registry never used still closes its channel
+        return self.stop()
+
+    def _release(self) -> Release | None:
         pending = [self._conn.group.spawn(self.deregister, i) for i in self.instances()]
         gevent.joinall(pending)
-        self._events.close()
         failed = [g.value if isinstance(g.value, Release) else None for g in pending]
         failed = [r for r in failed if r is None or not r.confirmed]
         if not failed:
-            return RELEASED
+            return None
         first = next((r for r in failed if r is not None), None)
         return Release(
             False,

@@ -26,16 +26,19 @@ from gevent.event import Event
 
 from . import validate
 from .channel import Channel
-from .errors import InvalidArgument, NoInstances, ProtocolError, Timeout
+from .errors import InvalidArgument, NoInstances, ProtocolError, RecipeStateError, Timeout
 from .instances import DEFAULT_WEIGHT, Instance, decode
+from .recipes.base import Recipe, Release
 from .registry import DEFAULT_PREFIX, check_format, check_prefix
 from .watch import PrefixUpdate, PrefixWatch
 
 if TYPE_CHECKING:
-    from .connector import Connector
+    from .host import RecipeHost
 
 log = logging.getLogger("geventc")
 STRATEGIES = ("round_robin", "random")
+#: problems the resolver's own channel keeps for a reader (the oldest are dropped)
+PROBLEMS_KEPT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,35 +110,35 @@ class _ServiceCache:
         return best
 
 
-class Resolver:
-    """Finds service instances; see the module docstring."""
+class Resolver(Recipe[ServiceInstances]):
+    """Finds service instances; see the module docstring. A recipe like the others
+    (``conn.resolver(...)``): :meth:`resolve`, :meth:`pick` and :meth:`watch` start it
+    if needed; ``stop()`` (or :meth:`close`) ends every watch and channel. Its own
+    channel carries only problems (at most the newest 100)."""
 
     def __init__(
         self,
-        conn: Connector,
+        conn: RecipeHost,
         *,
         prefix: str = DEFAULT_PREFIX,
         default_weight: int = DEFAULT_WEIGHT,
         format: str = "kitex",
         strategy: str = "round_robin",
     ) -> None:
+        super().__init__(conn)
         self.prefix = check_prefix(prefix)
         self.default_weight = validate.integer(default_weight, "default_weight", minimum=1)
         self.format = check_format(format)
         if strategy not in STRATEGIES:
             raise InvalidArgument(f"strategy must be one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
-        self._conn = conn
         self._caches: dict[str, _ServiceCache] = {}
 
     def __repr__(self) -> str:
         return f"Resolver({self.prefix!r}, services={sorted(self._caches)})"
 
-    def __enter__(self) -> Resolver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _start(self) -> None:
+        self._begin(maxsize=PROBLEMS_KEPT)
 
     def decode(self, service: str, value: bytes) -> Instance:
         """The instance a stored value describes (weights <= 0 get the default)."""
@@ -179,8 +182,13 @@ class Resolver:
             return random.choices(cache.instances, weights=weights)[0]
         return cache.pick_round_robin()
 
-    def close(self) -> None:
-        """Stop every watch of this resolver and close its channels."""
+    def close(self) -> Release:
+        """:meth:`stop`: end every watch of this resolver and close its channels."""
+        if not self._running and not self._stopped:
+            self.start()  # closing a resolver never used still ends it
+        return self.stop()
+
+    def _release(self) -> None:
         for service, cache in list(self._caches.items()):
             self._conn.hub.unsubscribe(self._service_prefix(service), cache.on_update)
             for channel in cache.channels:
@@ -193,6 +201,10 @@ class Resolver:
     def _cache(self, service: str) -> _ServiceCache:
         if not isinstance(service, str) or not service or "/" in service:
             raise InvalidArgument(f"service {service!r} must be a non-empty str without '/'")
+        if not self._running:
+            if self._stopped:
+                raise RecipeStateError(f"{self!r} was closed; make a new one")
+            self.start()
         cache = self._caches.get(service)
         if cache is None:
             cache = _ServiceCache(self, service)
@@ -202,7 +214,7 @@ class Resolver:
             )
         if not cache.loaded.is_set():
             started = time.monotonic()
-            timeout = self._conn.client.transport.timeout
+            timeout = self._conn.request_timeout
             if not cache.loaded.wait(timeout):
                 raise Timeout(
                     f"could not load the instances of {service!r} within "

@@ -28,8 +28,7 @@ TOKEN_EXPIRED_MESSAGES = (
 )
 
 
-class TokenExpired(errors.AuthenticationFailed):
-    """The auth token is no longer valid; re-authenticate and retry once."""
+TokenExpired = errors.TokenExpired  # kept importable here; defined with every error
 
 
 # Message fragments (of etcd's rpctypes) checked before the gRPC code.

@@ -67,11 +67,26 @@ def ensure_patched() -> None:
             "start of the program (gunicorn's gevent worker and pytest-gevent do it for you)"
         )
     if getattr(urllib3_ssl, "SSLContext", ssl.SSLContext) is not ssl.SSLContext:
+        if _urllib3_loaded_before_geventc():
+            raise errors.NotPatched(
+                "urllib3 was imported (by this program or a library such as requests) before "
+                "gevent.monkey.patch_all(), so its TLS would not be cooperative: patch first "
+                "thing, before importing urllib3"
+            )
         raise errors.NotPatched(
-            "urllib3 was imported before gevent.monkey.patch_all(), so its TLS would not be "
-            "cooperative: patch first thing, before importing urllib3 (importing geventc "
-            "itself before patching is fine)"
+            "a geventc name (e.g. `from geventc import Client`) was imported before "
+            "gevent.monkey.patch_all(), and that loaded urllib3 unpatched, so its TLS would "
+            "not be cooperative: call gevent.monkey.patch_all() first thing, before importing "
+            "names from geventc (a bare `import geventc` may come earlier)"
         )
+
+
+def _urllib3_loaded_before_geventc() -> bool:
+    """True when urllib3 was already loaded as ``import geventc`` ran (so the program or
+    another library imported it, not geventc)."""
+    import geventc
+
+    return bool(getattr(geventc, "URLLIB3_LOADED_BEFORE", False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,29 @@ def test_unpatched_process_gets_not_patched() -> None:
     assert "NotPatched:" in out.stdout and "gevent.monkey.patch_all()" in out.stdout
 
 
+def test_a_geventc_name_imported_before_patching_is_named_in_not_patched() -> None:
+    # the message said "urllib3 was imported before patching ... importing geventc itself
+    # is fine" to a user whose only import was `from geventc import Client`
+    script = textwrap.dedent(
+        """
+        from geventc import Client
+        from gevent import monkey
+        monkey.patch_all()
+        from geventc.errors import NotPatched
+        try:
+            Client(["http://127.0.0.1:2379"])
+        except NotPatched as exc:
+            print("NotPatched:", exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "NotPatched:" in out.stdout, out.stderr
+    assert "`from geventc import Client`" in out.stdout
+    assert "before importing names from geventc" in out.stdout
+
+
 def test_import_geventc_loads_no_network_module() -> None:
     script = "import sys, geventc; print('urllib3' in sys.modules, 'ssl' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

@@ -90,7 +90,12 @@ def test_start_loads_the_current_state_as_a_mapping(conn: Connector) -> None:
     conn.put("/app/configx/y", "a sibling with a longer name")
     conn.put("/app/other", "outside")
     cfg = conn.config("/app/config/")  # a trailing slash names the same path
-    assert conn.hub.streams == 0 and len(cfg) == 0  # no I/O before start
+    assert conn.hub.streams == 0  # no I/O before start
+    with pytest.raises(RecipeStateError, match="not started"):  # not an empty mapping
+        len(cfg)
+    for read in (lambda: cfg["color"], lambda: cfg.get("color"), lambda: dict(cfg)):
+        with pytest.raises(RecipeStateError):
+            read()
     channel = cfg.start()
     expected = {"color": "blue", "db/password": "ilovemrsclaus", "size": "L"}
     assert dict(cfg) == expected  # usable as soon as start() returns

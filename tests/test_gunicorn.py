@@ -24,7 +24,7 @@ from geventc import Instance, Registry
 from geventc import registry as registry_module
 from geventc import resolver as resolver_module
 from geventc.contrib import gunicorn as contrib
-from geventc.contrib.gunicorn import GeventcHooks, NotConfigured, SharedRegistration
+from geventc.contrib.gunicorn import GeventcHooks, NotConfigured, SharedRegistration, shutdown
 from geventc.errors import InvalidArgument
 from geventc.instances import encode
 from geventc.testing import free_port
@@ -409,18 +409,23 @@ def test_helpers_outside_a_worker_and_bad_arguments(monkeypatch: pytest.MonkeyPa
         with pytest.raises(InvalidArgument):
             GeventcHooks(**options)
 
-    class Arbiter:  # what when_ready wraps: stop() must raise the shared flag first
-        def __init__(self) -> None:
-            self.seen: list[int] = []
-
-        def stop(self, graceful: bool = True) -> None:
-            self.seen.append(contrib._shared[1])
-
-    monkeypatch.setattr(contrib, "_shared", bytearray(2))
-    arbiter = Arbiter()
-    hooks = GeventcHooks(endpoints, service="api")
-    hooks.when_ready(arbiter)
-    hooks.on_reload(arbiter)  # idempotent
-    assert contrib._shared[0] == 1 and not contrib._master_stopping()
-    arbiter.stop()
-    assert arbiter.seen == [1] and contrib._master_stopping()
+    # when_ready arms the master: a stop signal raises the shared flag first, then runs
+    # gunicorn's own handler (which begins the stop and signals the workers)
+    flag = shutdown.ShutdownFlag()
+    monkeypatch.setattr(shutdown, "FLAG", flag)
+    seen: list[bool] = []
+    installed = {signum: signal.getsignal(signum) for signum in shutdown.STOP_SIGNALS}
+    try:
+        for signum in shutdown.STOP_SIGNALS:  # stand-ins for the arbiter's handlers
+            signal.signal(signum, lambda signum, frame: seen.append(flag.stopping))
+        hooks = GeventcHooks(endpoints, service="api")
+        hooks.when_ready(None)
+        armed = signal.getsignal(signal.SIGTERM)
+        hooks.on_reload(None)  # idempotent
+        assert signal.getsignal(signal.SIGTERM) is armed
+        assert flag.armed and not flag.stopping and callable(armed)
+        armed(signal.SIGTERM, None)  # as the master receives it
+        assert seen == [True] and flag.stopping
+    finally:
+        for signum, handler in installed.items():
+            signal.signal(signum, handler)

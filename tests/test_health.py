@@ -177,11 +177,15 @@ def test_a_second_start_raises(etcd: EtcdTestContext, connectors: Callable[..., 
 def test_bad_arguments_raise_before_starting(
     etcd: EtcdTestContext, connectors: Callable[..., Connector], options: dict[str, Any]
 ) -> None:
-    monitor = connectors(etcd.endpoints).health_monitor()
-    with pytest.raises(InvalidArgument):
-        monitor.start(**options)
+    conn = connectors(etcd.endpoints)
+    with pytest.raises(InvalidArgument):  # where the settings live now
+        conn.health_monitor(**options)
+    monitor = conn.health_monitor(once=True)
+    if None not in options.values():  # the deprecated way; None means "not given"
+        with pytest.warns(DeprecationWarning), pytest.raises(InvalidArgument):
+            monitor.start(**options)
     assert not monitor.running
-    channel = monitor.start(once=True)  # nothing was started: a good start works
+    channel = monitor.start()  # nothing was started: a good start works
     assert isinstance(channel.get(timeout=10), ClusterHealth)
 
 

@@ -92,8 +92,8 @@ def test_a_member_without_a_leader_makes_recipes_say_they_are_stale(
         conn.put("/s/a", "1")
         tracker = conn.service_tracker("/s")
         snapshots = tracker.start()
-        observer = conn.observer("/s")
-        events = observer.start(recursive=True)
+        observer = conn.observer("/s", prefix=True)
+        events = observer.start()
         config = conn.config("/s")
         changes = config.start()
         leader = other.leader_elector("/e", "them", ttl=30)
@@ -200,8 +200,8 @@ def _recipes(conn: Connector, path: str) -> tuple[Any, Any, Any]:
     """A tracker, an observer (prefix) and a config watcher on ``path``, started."""
     tracker = conn.service_tracker(path)
     tracker.start().get(timeout=10)
-    observer = conn.observer(path)
-    events = observer.start(recursive=True)
+    observer = conn.observer(path, prefix=True)
+    events = observer.start()
     config = conn.config(path)
     config.start()
     return tracker, events, config

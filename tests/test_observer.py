@@ -52,8 +52,9 @@ def private_server() -> Iterator[EtcdServer]:
 def _events(
     channel: Feed, count: int, timeout: float = 15.0
 ) -> tuple[list[WatchEvent], list[RecipeError]]:
-    """The next ``count`` events and the non-fatal errors seen meanwhile; fails on a
-    fatal error, a closed channel or the deadline."""
+    """The next ``count`` events and the non-fatal errors seen meanwhile (staleness
+    reports, which an outage brings, are skipped); fails on a fatal error, a closed
+    channel or the deadline."""
     deadline = time.monotonic() + timeout
     events: list[WatchEvent] = []
     problems: list[RecipeError] = []
@@ -68,6 +69,8 @@ def _events(
         if isinstance(item, RecipeError):
             assert not item.fatal, f"fatal error from the observer: {item.error!r}"
             problems.append(item)
+        elif isinstance(item, Staleness):
+            continue
         else:
             assert isinstance(item, WatchEvent)
             events.append(item)
@@ -145,8 +148,8 @@ def test_events_carry_the_previous_value(conn: Connector) -> None:
 
 
 def test_recursive_delivers_every_key_under_the_prefix(conn: Connector) -> None:
-    observer = conn.observer("/svc/")
-    channel = observer.start(recursive=True)
+    observer = conn.observer("/svc/", prefix=True)
+    channel = observer.start()
     expected = [
         (EventType.PUT, "/svc/a", conn.put("/svc/a", "1").header.revision),
         (EventType.PUT, "/svc/b/c", conn.put("svc/b/c", "2").header.revision),
@@ -164,8 +167,8 @@ def test_recursive_delivers_every_key_under_the_prefix(conn: Connector) -> None:
 
 
 def test_not_recursive_ignores_keys_under_the_path(conn: Connector) -> None:
-    observer = conn.observer("/tree")
-    channel = observer.start(recursive=False)
+    observer = conn.observer("/tree", prefix=False)
+    channel = observer.start()
     conn.put("/tree/leaf", "not observed")
     conn.put("/tree", "observed")
     event = _next_event(channel)
@@ -175,8 +178,8 @@ def test_not_recursive_ignores_keys_under_the_path(conn: Connector) -> None:
 
 def test_past_start_revision_replays_history(conn: Connector) -> None:
     revisions = [conn.put("/h", f"v{i}").header.revision for i in range(1, 4)]
-    observer = conn.observer("/h")
-    channel = observer.start(start_revision=revisions[1])
+    observer = conn.observer("/h", start_revision=revisions[1])
+    channel = observer.start()
     replayed, _ = _events(channel, 2)
     assert [(e.value, e.revision) for e in replayed] == [
         (b"v2", revisions[1]),
@@ -204,8 +207,8 @@ def test_recursive_history_replay_under_a_namespace(etcd: EtcdTestContext, conn:
         first = conn.put("/p/1", "a").header.revision
         other.put("/p/1", "not in this namespace")
         conn.put("/p/2", "b")
-        observer = conn.observer("/p/")
-        channel = observer.start(start_revision=first, recursive=True)
+        observer = conn.observer("/p/", start_revision=first, prefix=True)
+        channel = observer.start()
         events, _ = _events(channel, 2)
         assert [(e.key, e.value) for e in events] == [("/p/1", b"a"), ("/p/2", b"b")]
         observer.stop()
@@ -219,7 +222,7 @@ def test_a_second_start_raises_and_changes_nothing(conn: Connector) -> None:
     channel = observer.start()
     with pytest.raises(RecipeStateError):
         observer.start()
-    with pytest.raises(RecipeStateError):
+    with pytest.raises(RecipeStateError), pytest.warns(DeprecationWarning):
         observer.start(start_revision=1, recursive=True)
     assert observer.running and observer.channel is channel
     conn.put("/twice/child", "not observed: the first start was not recursive")
@@ -286,9 +289,16 @@ def test_channel_before_start_raises(conn: Connector) -> None:
 def test_bad_start_arguments_raise_before_starting(
     conn: Connector, options: dict[str, Any]
 ) -> None:
-    observer = conn.observer("/bad")
+    # given to the factory (where settings live), refused there; given to start() the
+    # old way (deprecated), refused there before anything starts
+    name = "prefix" if "recursive" in options else next(iter(options))
+    factory_options = {name: next(iter(options.values()))}
     with pytest.raises(InvalidArgument):
-        observer.start(**options)
+        conn.observer("/bad", **factory_options)
+    observer = conn.observer("/bad")
+    if None not in options.values():  # None given to start() means "not given"
+        with pytest.warns(DeprecationWarning), pytest.raises(InvalidArgument):
+            observer.start(**options)
     assert not observer.running
     observer.start()  # nothing was started: a good start still works
     revision = conn.put("/bad", "v").header.revision
@@ -331,8 +341,8 @@ def test_compacted_start_revision_is_a_fatal_error(etcd: EtcdTestContext, conn: 
     first = conn.put("/old", "1").header.revision
     last = conn.put("/old", "2").header.revision
     conn.compact(last)
-    observer = conn.observer("/old")
-    channel = observer.start(start_revision=first)
+    observer = conn.observer("/old", start_revision=first)
+    channel = observer.start()
     item = channel.get(timeout=10)
     assert isinstance(item, RecipeError) and item.fatal
     assert isinstance(item.error, Compacted) and item.error.compact_revision == last
@@ -449,8 +459,8 @@ def test_killing_the_member_the_observer_uses_loses_no_event(
             number += 1
 
     with conn, writer:
-        observer = conn.observer("/w/")
-        channel = observer.start(recursive=True)
+        observer = conn.observer("/w/", prefix=True)
+        channel = observer.start()
         assert conn.client.transport.current_endpoint == used.client_url
         writing = gevent.spawn(write)
         _wait_for(lambda: len(confirmed) >= 20, 10, "writes before the kill")
@@ -469,3 +479,37 @@ def test_killing_the_member_the_observer_uses_loses_no_event(
         assert _next_event(channel).revision == sentinel
         assert conn.client.transport.current_endpoint != used.client_url
         observer.stop()
+
+
+def test_prefix_means_under_the_path_not_its_siblings(conn: Connector) -> None:
+    # observer("/services/api", prefix) also delivered /services/api2/i9, while a tracker
+    # of the same path did not: "under a path" is under path + "/"
+    observer = conn.observer("/services/api", prefix=True)
+    channel = observer.start()
+    conn.put("/services/api2/i9", "sibling")
+    conn.put("/services/api", "the path itself")
+    revision = conn.put("/services/api/i1", "child").header.revision
+    event = _next_event(channel)
+    assert (event.key, event.revision) == ("/services/api/i1", revision)
+    observer.stop()
+
+
+def test_with_starts_it_and_start_inside_returns_the_same_channel(conn: Connector) -> None:
+    # `with conn.service_tracker(p) as t: t.start()` raised "already started"
+    with conn.observer("/cm2", prefix=True) as observer:
+        channel = observer.start()
+        assert channel is observer.channel
+        revision = conn.put("/cm2/x", "v").header.revision
+        assert _next_event(channel).revision == revision
+    assert not observer.running
+    with conn.service_tracker("/cm3") as tracker:
+        assert tracker.start() is tracker.channel
+
+
+def test_the_old_start_keywords_still_work_and_warn(conn: Connector) -> None:
+    observer = conn.observer("/legacy")
+    with pytest.warns(DeprecationWarning, match="conn.observer"):
+        channel = observer.start(recursive=True)
+    revision = conn.put("/legacy/x", "v").header.revision
+    assert _next_event(channel).revision == revision
+    observer.stop()

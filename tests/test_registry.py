@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
@@ -21,7 +22,7 @@ from geventc import (
     RetryPolicy,
     wire,
 )
-from geventc.errors import InvalidArgument, NoInstances, RetriesExhausted
+from geventc.errors import InvalidArgument, NoInstances, RecipeStateError, RetriesExhausted
 from geventc.instances import decode, encode
 from geventc.testing import ROOT_PASSWORD, EtcdServer
 from geventc.testing.plugin import EtcdTestContext
@@ -50,11 +51,12 @@ def test_etcd_endpoints_golden_bytes() -> None:
     instance = Instance("svc", "10.0.0.1:50051", weight=5, tags={"zone": "a"})
     value = encode(instance, "etcd-endpoints")
     assert value == (
-        b'{"Addr":"10.0.0.1:50051","Metadata":{"network":"tcp","weight":5,"tags":{"zone":"a"}}}'
+        b'{"Op":0,"Addr":"10.0.0.1:50051","Metadata":{"network":"tcp","weight":5,'
+        b'"tags":{"zone":"a"}}}'
     )
     assert decode("svc", value, "etcd-endpoints") == instance
     # what Go's endpoints.Manager writes with no metadata
-    minimal = decode("svc", b'{"Addr":"10.0.0.2:50051","Metadata":null}', "etcd-endpoints")
+    minimal = decode("svc", b'{"Op":0,"Addr":"10.0.0.2:50051","Metadata":null}', "etcd-endpoints")
     assert minimal.address == "10.0.0.2:50051" and minimal.weight == 10
 
 
@@ -191,7 +193,7 @@ def test_etcd_endpoints_format_round_trip(conn: geventc.Connector) -> None:
     with Registry(conn, prefix="services", format="etcd-endpoints", ttl=5) as registry:
         registry.register(Instance("grpc-svc", "10.0.0.1:50051", weight=3))
         kv = conn.get("services/grpc-svc/10.0.0.1:50051")
-        assert kv is not None and kv.value.startswith(b'{"Addr":"10.0.0.1:50051"')
+        assert kv is not None and kv.value.startswith(b'{"Op":0,"Addr":"10.0.0.1:50051"')
         conn.put(
             "services/grpc-svc/10.0.0.2:50051", b'{"Addr":"10.0.0.2:50051"}'
         )  # as Go writes it
@@ -376,3 +378,45 @@ def test_giving_up_is_final_and_releases_the_instance() -> None:
                     assert not response.events, f"the key came back: {response.events}"
             assert conn.get(key) is None
             registry.close()
+
+
+@pytest.mark.parametrize("weight", [2**63, -(2**63) - 1, 10**30])
+def test_weights_beyond_gos_int_are_refused(weight: int) -> None:
+    # stored, then Go Kitex clients failed: "cannot unmarshal number ... of type int"
+    with pytest.raises(InvalidArgument, match="Go's int"):
+        Instance("svc", "10.0.0.1:80", weight=weight)
+
+
+def test_weights_at_gos_int_bounds_are_kept() -> None:
+    for weight in (2**63 - 1, -(2**63)):
+        assert Instance("svc", "10.0.0.1:80", weight=weight).weight == weight
+
+
+@pytest.mark.parametrize(
+    ("make", "wanted"),
+    [
+        (lambda: Registry("http://127.0.0.1:2379"), "geventc.connect('http://127.0.0.1:2379')"),
+        (lambda: Resolver(geventc.Client("http://127.0.0.1:2379")), "geventc.Connector(client)"),
+        (lambda: Registry(None), "Registry needs a geventc Connector"),
+    ],
+    ids=["registry-from-a-url", "resolver-from-a-client", "registry-from-none"],
+)
+def test_constructors_refuse_what_is_not_a_connector(make: Any, wanted: str) -> None:
+    # they failed late with a raw AttributeError
+    with pytest.raises(InvalidArgument) as caught:
+        make()
+    assert wanted in str(caught.value)
+
+
+def test_registry_and_resolver_are_recipes_made_by_the_connector(conn: geventc.Connector) -> None:
+    with conn.registry(ttl=10) as registry, conn.resolver() as resolver:
+        registry.register(Instance("fact", "10.0.0.3:80"))
+        assert [i.address for i in resolver.resolve("fact")] == ["10.0.0.3:80"]
+        assert registry.running and resolver.running
+    assert not registry.running and not resolver.running
+    assert registry.events().closed
+    with pytest.raises(RecipeStateError):
+        registry.register(Instance("fact", "10.0.0.4:80"))
+    with pytest.raises(RecipeStateError):
+        resolver.resolve("fact")
+    assert conn.get_prefix("kitex/registry-etcd/fact/").kvs == ()

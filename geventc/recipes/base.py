@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -23,9 +24,10 @@ from gevent.pool import Group
 
 from ..channel import Channel
 from ..errors import EtcdError, InvalidArgument, RecipeStateError
+from ..host import require_host
 
 if TYPE_CHECKING:
-    from ..connector import Connector
+    from ..host import RecipeHost
 
 E = TypeVar("E")
 R = TypeVar("R", bound="Recipe[Any]")
@@ -93,6 +95,7 @@ class Recipe(Generic[E]):
         "__weakref__",
         "_channel",
         "_conn",
+        "_entered",
         "_group",
         "_owns_channel",
         "_release_deadline",
@@ -100,14 +103,15 @@ class Recipe(Generic[E]):
         "_stopped",
     )
 
-    def __init__(self, conn: Connector) -> None:
-        self._conn = conn
+    def __init__(self, conn: RecipeHost) -> None:
+        self._conn = require_host(conn, type(self).__name__)
         self._channel: Channel[E | RecipeError] | None = None
         self._group: Group | None = None  # made when the recipe first spawns
         self._running = False
         self._stopped = False
         self._owns_channel = True
         self._release_deadline = 0.0
+        self._entered = False  # started by ``with``
 
     @property
     def running(self) -> bool:
@@ -228,17 +232,43 @@ class Recipe(Generic[E]):
         self._conn.unregister(self)
 
     def __enter__(self: R) -> R:
-        """Start (with default arguments, if not started yet) and return the recipe."""
+        """Start the recipe (if not started yet) and return it; a ``start()`` inside
+        the block then returns the same channel."""
         if not self._running:
             self.start()
+            self._entered = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> Channel[E | RecipeError]:
-        """Start the recipe (subclasses define it with their own arguments)."""
+        """Start the recipe and return its channel. Every setting is given when the
+        recipe is made, so this takes no arguments. A second ``start()`` raises
+        :class:`RecipeStateError`, except inside the ``with`` block that started it,
+        where it returns the same channel."""
+        if self._running and self._entered:
+            return self.channel
+        self._start()
+        return self.channel
+
+    def _start(self) -> None:
+        """Begin (``_begin``) and spawn the recipe's greenlets (override)."""
         raise NotImplementedError
+
+    def _legacy_start(self, factory: str, **given: object) -> dict[str, object]:
+        """The settings an old caller still passed to ``start()``, with a
+        :class:`DeprecationWarning` saying where they go now (``factory``)."""
+        passed = {name: value for name, value in given.items() if value is not None}
+        if passed:
+            names = ", ".join(f"{name}=" for name in passed)
+            warnings.warn(
+                f"{type(self).__name__}.start({names}) is deprecated: pass {names} to "
+                f"{factory} instead; start() takes no arguments",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        return passed
 
     def _emit(self, event: E | RecipeError) -> None:
         if self._channel is not None:

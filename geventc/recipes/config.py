@@ -38,7 +38,7 @@ from gevent.event import Event
 
 from .. import validate
 from ..channel import Channel
-from ..errors import EtcdError, InvalidArgument, RecipeStateError, Timeout
+from ..errors import ConfigDecodeError, EtcdError, InvalidArgument, RecipeStateError, Timeout
 from ..staleness import Staleness
 from ..watch import PrefixUpdate, PrefixWatch
 from ..wire import Event as WatchedEvent
@@ -46,7 +46,7 @@ from ..wire import EventType, KeyValue
 from .base import Recipe, RecipeError, Release
 
 if TYPE_CHECKING:
-    from ..connector import Connector
+    from ..host import RecipeHost
 
 log = logging.getLogger("geventc")
 
@@ -74,21 +74,6 @@ class ConfigChange:
     revision: int
 
 
-class ConfigDecodeError(EtcdError):
-    """The value of ``key`` written at ``revision`` could not be decoded; the mapping
-    keeps the key's previous value. The decoder's exception is ``__cause__`` (it is not
-    quoted in the message, which may be logged: values can be secrets)."""
-
-    def __init__(self, key: str, revision: int, cause: Exception) -> None:
-        super().__init__(
-            f"the value of config key {key!r} at revision {revision} could not be decoded "
-            f"({type(cause).__name__}); keeping its previous value"
-        )
-        self.key = key
-        self.revision = revision
-        self.__cause__ = cause
-
-
 _Outcome = ConfigChange | ConfigDecodeError
 
 
@@ -104,8 +89,18 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
     :meth:`snapshot` to compare contents. Values are never shown in its repr. Decoded
     values are shared with every reader and change event: treat them as read-only."""
 
-    def __init__(self, conn: Connector, prefix: str, *, decode: Decoder | None = None) -> None:
+    def __init__(
+        self,
+        conn: RecipeHost,
+        prefix: str,
+        *,
+        decode: Decoder | None = None,
+        maxsize: int | None = None,
+    ) -> None:
         super().__init__(conn)
+        self.maxsize = (
+            None if maxsize is None else validate.integer(maxsize, "maxsize", minimum=1)
+        )
         if decode is not None and not callable(decode):
             raise InvalidArgument("decode must be a callable taking bytes, or None (UTF-8 text)")
         path = conn.namespace.strip(conn.namespace.key(prefix, "prefix")).rstrip(b"/")
@@ -132,17 +127,28 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
 
     # --- the mapping ---------------------------------------------------------------------
 
+    def _current(self) -> dict[str, Any]:
+        """The values now; :class:`RecipeStateError` before :meth:`start` (an unstarted
+        watcher knows nothing: it must not read as an empty configuration). After
+        :meth:`stop` the mapping keeps its last state."""
+        if not self._running and not self._stopped:
+            raise RecipeStateError(
+                f"{self!r} was not started: call start() (or use it in a with block) "
+                "before reading it"
+            )
+        return self._values
+
     def __getitem__(self, key: str) -> Any:
-        return self._values[key]
+        return self._current()[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+        return iter(self._current())
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._current())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._values
+        return key in self._current()
 
     def __eq__(self, other: object) -> bool:
         return self is other
@@ -152,19 +158,19 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
 
     def keys(self) -> KeysView[str]:
         """The relative names of the keys now."""
-        return self._values.keys()
+        return self._current().keys()
 
     def items(self) -> ItemsView[str, Any]:
         """(name, value) pairs of one consistent state, even if it changes meanwhile."""
-        return self._values.items()
+        return self._current().items()
 
     def values(self) -> ValuesView[Any]:
         """The decoded values now."""
-        return self._values.values()
+        return self._current().values()
 
     def snapshot(self) -> Mapping[str, Any]:
         """A read-only mapping of the current state that later changes do not touch."""
-        return MappingProxyType(self._values)
+        return MappingProxyType(self._current())
 
     @property
     def revision(self) -> int:
@@ -190,21 +196,28 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
         """Load the current state and follow it; returns the changes channel once the
         mapping holds the first state. Waits at most the client's timeout (and a
         moment for the read's error); if the state cannot be loaded the watcher is
-        stopped and the error raised. ``maxsize`` bounds the channel (its oldest change
-        is dropped when full); unbounded by default, so read it or bound it."""
-        self._begin(maxsize=maxsize)  # a second start() raises here and changes nothing
+        stopped and the error raised. The channel's bound is ``maxsize`` of
+        ``conn.config(prefix, maxsize=)`` (its oldest change is dropped when full;
+        unbounded by default, so read it or bound it); passing it here still works but
+        is deprecated."""
+        legacy = self._legacy_start("conn.config(prefix, ...)", maxsize=maxsize)
+        if legacy and not self._running:
+            self.maxsize = validate.integer(maxsize, "maxsize", minimum=1)
+        return super().start()
+
+    def _start(self) -> None:
+        self._begin(maxsize=self.maxsize)  # a second start() raises here, changing nothing
         self._watch = self._conn.hub.subscribe(
             self._prefix, self._on_update, read_your_writes=True
         )
         self._await_first_state()
-        return self.channel
 
     def changes(self) -> Channel[ConfigChange | Staleness | RecipeError]:
         """The channel of changes (and reported problems) that :meth:`start` returned."""
         return self.channel
 
     def _await_first_state(self) -> None:
-        limit = self._conn.client.transport.timeout + LOAD_GRACE
+        limit = self._conn.request_timeout + LOAD_GRACE
         self._first_update.wait(limit)
         if self._loaded:
             return

@@ -36,18 +36,17 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import Event as Signal
 
-from .. import validate
-from ..channel import Channel
+from .. import contention, validate
 from ..errors import EtcdError, InvalidArgument, LeaseNotFound, NotLeader
 from ..lease import KeptLease, LeaseState
 from ..retry import Backoff
 from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate
-from ..wire import KeyValue, RangeResult, TxnResult
-from .base import Recipe, RecipeError, Release
+from ..wire import KeyValue, TxnResult
+from .base import Recipe, Release
 
 if TYPE_CHECKING:
-    from ..connector import Connector
+    from ..host import RecipeHost
 
 
 class ElectionStatus(enum.Enum):
@@ -86,7 +85,7 @@ class LeaderElector(Recipe[ElectionEvent]):
     an election one spelling, preferably without a trailing slash. A path that is
     empty or only slashes is refused with :class:`InvalidArgument`."""
 
-    def __init__(self, conn: Connector, path: str, identity: str, ttl: int = 10) -> None:
+    def __init__(self, conn: RecipeHost, path: str, identity: str, ttl: int = 10) -> None:
         super().__init__(conn)
         if not isinstance(identity, str) or not identity:
             raise InvalidArgument("identity must be a non-empty str")
@@ -114,12 +113,11 @@ class LeaderElector(Recipe[ElectionEvent]):
 
     # --- public ------------------------------------------------------------------------
 
-    def start(self) -> Channel[ElectionEvent | RecipeError]:
+    def _start(self) -> None:
         """Campaign; the channel reports every change of status or leader."""
         self._begin()
         self._conn.hub.subscribe(self._prefix, self._on_change)
         self._spawn(self._campaign_forever)
-        return self.channel
 
     @property
     def status(self) -> ElectionStatus | None:
@@ -164,7 +162,7 @@ class LeaderElector(Recipe[ElectionEvent]):
         raises :class:`NotLeader` when it does not lead now."""
         if not self.is_leader:
             raise NotLeader(f"{self.identity!r} is not the leader of {self.path.decode()!r}")
-        return Compare.create_revision(self._key) == self._revision
+        return contention.owns(self._key, self._revision)
 
     def txn(self, success: Iterable[TxnOp], failure: Iterable[TxnOp] = ()) -> TxnResult:
         """Run ``success`` only while this candidate leads (fenced by its key's create
@@ -223,24 +221,8 @@ class LeaderElector(Recipe[ElectionEvent]):
 
     def _put_key(self, lease_id: int) -> tuple[bytes, int]:
         """Write (or find) this candidate's key on ``lease_id``; its create revision."""
-        key = self._prefix + f"{lease_id:x}".encode()
-        result = self._conn.txn(
-            [Compare.create_revision(key) == 0],
-            [Op.put(key, self.identity, lease=lease_id)],
-            [Op.get(key)],
-        )
-        if result.succeeded:
-            return key, result.header.revision
-        read = result.responses[0]
-        if not (isinstance(read, RangeResult) and read.kvs):
-            raise EtcdError(f"the election key {key.decode()!r} vanished; campaigning again")
-        revision = read.kvs[0].create_revision
-        if read.kvs[0].value_str != self.identity:  # proclaim our identity
-            self._conn.txn(
-                [Compare.create_revision(key) == revision],
-                [Op.put(key, self.identity, lease=lease_id)],
-            )
-        return key, revision
+        held = contention.claim(self._conn, self._prefix, lease_id, self.identity)
+        return held.key, held.revision
 
     def _evaluate(self) -> None:
         lease = self._lease
@@ -274,22 +256,11 @@ class LeaderElector(Recipe[ElectionEvent]):
             self._report_status(ElectionStatus.FOLLOWER, leader=first.value_str)
 
     def _no_older_candidate(self) -> bool:
-        # as concurrency.waitDeletes: the newest key older than ours, if any (etcd's
-        # ``count`` ignores the revision filters, so look at the keys themselves)
-        older = self._conn.get_prefix(
-            self._prefix,
-            max_create_revision=self._revision - 1,
-            sort_target="CREATE",
-            sort_order="DESCEND",
-            limit=1,
-            keys_only=True,
-        )
-        return not older.kvs
+        # as concurrency.waitDeletes: no key created before ours is left
+        return contention.older(self._conn, self._prefix, self._revision) is None
 
     def _first(self) -> KeyValue | None:
-        if not self._state:
-            return None
-        return min(self._state.values(), key=lambda kv: kv.create_revision)
+        return contention.first(self._state)
 
     def _report_status(
         self,
@@ -346,7 +317,7 @@ class LeaderElector(Recipe[ElectionEvent]):
             return None
         try:
             if key:  # resign: the next candidate takes over at once
-                self._conn.txn([Compare.create_revision(key) == self._revision], [Op.delete(key)])
+                contention.resign(self._conn, contention.Claim(key, self._revision))
             self._delete_left_keys()
         except BaseException:  # no answer, or out of time: the key goes with the lease
             self._leftover = lease.expires_in

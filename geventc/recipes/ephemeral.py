@@ -49,7 +49,7 @@ from ..wire import RangeResult
 from .base import Recipe, RecipeError, Release, unconfirmed
 
 if TYPE_CHECKING:
-    from ..connector import Connector
+    from ..host import RecipeHost
 
 log = logging.getLogger("geventc")
 
@@ -104,7 +104,7 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
 
     def __init__(
         self,
-        conn: Connector,
+        conn: RecipeHost,
         path: str,
         *,
         overwrite: bool = False,
@@ -356,7 +356,7 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         return self._leftover
 
 
-def _delete_later(conn: Connector, key: bytes, lease: KeptLease, lease_id: int) -> None:
+def _delete_later(conn: RecipeHost, key: bytes, lease: KeptLease, lease_id: int) -> None:
     """Delete a stopped key that still sits on a shared lease, once etcd answers; give up
     when the lease is gone (and the key with it) or the connector closes."""
     backoff = Backoff(first=0.2, cap=2.0)

@@ -25,7 +25,7 @@ from ..errors import EtcdError, Timeout
 from .base import Recipe, RecipeError
 
 if TYPE_CHECKING:
-    from ..connector import Connector
+    from ..host import RecipeHost
 
 
 class ClusterStatus(enum.Enum):
@@ -61,32 +61,42 @@ class ClusterHealth:
 class HealthMonitor(Recipe[ClusterHealth]):
     """Checks every member's health; see the module docstring."""
 
-    def __init__(self, conn: Connector) -> None:
+    def __init__(self, conn: RecipeHost, *, once: bool = False, interval: float = 10.0) -> None:
         super().__init__(conn)
+        self.once = validate.boolean(once, "once")
+        self.interval = validate.positive_number(interval, "interval")
         self._last: ClusterHealth | None = None
         self._members: list[tuple[str, str]] = []  # (name, endpoint) from the last list
 
     def __repr__(self) -> str:
-        return f"HealthMonitor({self._conn.client.endpoints})"
+        return f"HealthMonitor({self._conn.endpoints})"
 
     def start(
-        self, once: bool = False, interval: float = 10.0
+        self, once: bool | None = None, interval: float | None = None
     ) -> Channel[ClusterHealth | RecipeError]:
-        """Start checking every ``interval`` seconds (or ``once``)."""
-        once = validate.boolean(once, "once")
-        interval = validate.positive_number(interval, "interval")
+        """Start checking every ``interval`` seconds (or ``once``), as set when the
+        monitor was made (``conn.health_monitor(once=, interval=)``); passing them here
+        still works but is deprecated."""
+        legacy = self._legacy_start("conn.health_monitor(...)", once=once, interval=interval)
+        if legacy and not self._running:
+            self.once = validate.boolean(legacy.get("once", self.once), "once")
+            self.interval = validate.positive_number(
+                legacy.get("interval", self.interval), "interval"
+            )
+        return super().start()
+
+    def _start(self) -> None:
         self._begin()
-        self._spawn(self._monitor, once, interval)
-        return self.channel
+        self._spawn(self._monitor, self.once, self.interval)
 
     def check(self) -> ClusterHealth:
         """Check the cluster now (in the calling greenlet)."""
-        timeout = min(self._conn.client.transport.timeout, 3.0)
+        timeout = min(self._conn.request_timeout, 3.0)
         try:
             members = self._list_members(timeout)
         except EtcdError as exc:
             down = tuple(
-                MemberHealth(e, e, False, error=str(exc)) for e in self._conn.client.endpoints
+                MemberHealth(e, e, False, error=str(exc)) for e in self._conn.endpoints
             )
             return ClusterHealth(ClusterStatus.UNHEALTHY, down)
         checks = [self._greenlets.spawn(self._member, name, url, timeout) for name, url in members]
@@ -119,7 +129,7 @@ class HealthMonitor(Recipe[ClusterHealth]):
     def _member(self, name: str, endpoint: str, timeout: float) -> MemberHealth:
         if not endpoint:
             return MemberHealth(name, endpoint, False, error="the member has not started yet")
-        client = self._conn.client
+        client = self._conn
         try:
             with gevent.Timeout(
                 timeout, Timeout(f"no answer within {timeout}s", endpoint=endpoint)

@@ -32,7 +32,7 @@ from ..wire import EventType
 from .base import Recipe, RecipeError
 
 if TYPE_CHECKING:
-    from ..connector import Connector
+    from ..host import RecipeHost
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +54,22 @@ class WatchEvent:
 class Observer(Recipe[WatchEvent | Staleness]):
     """Delivers every change under ``path``; see the module docstring."""
 
-    def __init__(self, conn: Connector, path: str) -> None:
+    def __init__(
+        self,
+        conn: RecipeHost,
+        path: str,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        maxsize: int | None = None,
+    ) -> None:
         super().__init__(conn)
         self.path = conn.namespace.strip(conn.namespace.key(path, "path"))
+        #: with ``prefix``, every key under ``path + "/"`` (not ``path`` itself, nor a
+        #: sibling such as ``path2``)
+        self.prefix = validate.boolean(prefix, "prefix")
+        self.start_revision = validate.revision(start_revision, "start_revision")
+        self.maxsize = _maxsize(maxsize)
         self.next_revision = 0
         #: True while the watch could not be confirmed current within the bound
         self.stale = False
@@ -68,34 +81,57 @@ class Observer(Recipe[WatchEvent | Staleness]):
         return f"Observer({self.path.decode()!r})"
 
     def start(
-        self, start_revision: int = 0, recursive: bool = False, *, maxsize: int | None = None
+        self,
+        start_revision: int | None = None,
+        recursive: bool | None = None,
+        *,
+        maxsize: int | None = None,
+        prefix: bool | None = None,
     ) -> Channel[WatchEvent | Staleness | RecipeError]:
-        """Start delivering changes from ``start_revision`` (0: from now); with
-        ``recursive`` every key under the path. ``maxsize`` bounds the channel."""
-        first = validate.revision(start_revision, "start_revision")
-        recursive = validate.boolean(recursive, "recursive")
-        self._begin(maxsize=maxsize)  # a second start() raises here and changes nothing
-        self.next_revision = first
-        self._confirmed_at = time.monotonic()
-        self._conn.client.liveness.follow(self)
-        self._spawn(self._observe, recursive)
-        if not self.next_revision:  # "now" is when the watch exists: no change is missed
-            self._established.wait(self._conn.client.transport.timeout)
-        return self.channel
+        """Start delivering changes from ``start_revision`` (0: from now) of the path,
+        or with ``prefix`` of every key under it, as set when the observer was made
+        (``conn.observer(path, prefix=, start_revision=, maxsize=)``); passing them here
+        (or the old ``recursive=``) still works but is deprecated."""
+        legacy = self._legacy_start(
+            "conn.observer(path, ...)",
+            start_revision=start_revision,
+            recursive=recursive,
+            maxsize=maxsize,
+            prefix=prefix,
+        )
+        if legacy and not self._running:
+            if "start_revision" in legacy:
+                self.start_revision = validate.revision(start_revision, "start_revision")
+            for name in ("recursive", "prefix"):
+                if name in legacy:
+                    self.prefix = validate.boolean(legacy[name], name)
+            if "maxsize" in legacy:
+                self.maxsize = _maxsize(maxsize)
+        return super().start()
 
-    def _observe(self, recursive: bool) -> None:
+    def _start(self) -> None:
+        self._begin(maxsize=self.maxsize)  # a second start() raises here, changing nothing
+        self.next_revision = self.start_revision
+        self._confirmed_at = time.monotonic()
+        self._conn.liveness.follow(self)
+        self._spawn(self._observe)
+        if not self.next_revision:  # "now" is when the watch exists: no change is missed
+            self._established.wait(self._conn.request_timeout)
+
+    def _observe(self) -> None:
         try:
-            self._follow(recursive)
+            self._follow()
         finally:
             self._established.set()
 
-    def _follow(self, recursive: bool) -> None:
+    def _follow(self) -> None:
         backoff = Backoff(first=0.05)
+        watched = self.path.rstrip(b"/") + b"/" if self.prefix else self.path
         while self._running:
             try:
                 stream = self._conn.watch(
-                    self.path,
-                    prefix=recursive,
+                    watched,
+                    prefix=self.prefix,
                     start_revision=self.next_revision or None,
                     prev_kv=True,
                 )
@@ -135,10 +171,10 @@ class Observer(Recipe[WatchEvent | Staleness]):
     def check_freshness(self, now: float) -> None:
         """Send :class:`Staleness` when the watch goes stale or is current again."""
         if not self._running:
-            self._conn.client.liveness.unfollow(self)
+            self._conn.liveness.unfollow(self)
             return
         connected = self._stream is not None and bool(self._stream.endpoint)
-        stale_after = self._conn.client.liveness.stale_after
+        stale_after = self._conn.liveness.stale_after
         age = self._age(now)
         if age > stale_after or (self.stale and connected):
             self._freshness(age > stale_after)
@@ -158,3 +194,10 @@ class Observer(Recipe[WatchEvent | Staleness]):
         self, kind: EventType, key: bytes, value: bytes, prev: bytes | None, revision: int
     ) -> None:
         self._emit(WatchEvent(kind, key.decode("utf-8", "replace"), value, prev, revision))
+
+
+def _maxsize(maxsize: object) -> int | None:
+    """A channel bound: a positive int, or None (unbounded)."""
+    if maxsize is None:
+        return None
+    return validate.integer(maxsize, "maxsize", minimum=1)

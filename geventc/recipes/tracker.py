@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from ..channel import Channel
 from ..errors import EtcdError
 from ..watch import PrefixUpdate
 from ..wire import EventType
-from .base import Recipe, RecipeError
+from .base import Recipe
 
 if TYPE_CHECKING:
-    from ..connector import Connector
+    from ..host import RecipeHost
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,7 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
 
     __slots__ = ("_last", "_prefix", "_stale", "_troubled", "path")
 
-    def __init__(self, conn: Connector, path: str) -> None:
+    def __init__(self, conn: RecipeHost, path: str) -> None:
         super().__init__(conn)
         stored = conn.namespace.key(path, "path")
         self.path = conn.namespace.strip(stored).rstrip(b"/") or b"/"
@@ -71,11 +70,10 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
     def __repr__(self) -> str:
         return f"ServiceTracker({self.path.decode()!r})"
 
-    def start(self) -> Channel[ServiceSnapshot | RecipeError]:
+    def _start(self) -> None:
         """Start tracking; the channel's first snapshot is the current state."""
         self._begin(latest_only=True)
         self._conn.hub.subscribe(self._prefix, self._on_change, read_your_writes=True)
-        return self.channel
 
     @property
     def services(self) -> Mapping[str, str]:

@@ -9,6 +9,8 @@
 //	leader               --endpoints E --path P
 //	watch-require-leader --endpoints E --key K
 //	mutex-key            --endpoints E --path P --ttl N
+//	endpoints-add        --endpoints E --path TARGET --key KEY --identity ADDR --weight W
+//	endpoints-list       --endpoints E --path TARGET
 //
 // Long-running subcommands exit cleanly (resigning or unlocking, then revoking their
 // session's lease) on SIGTERM, SIGINT or EOF on stdin. A failure prints
@@ -31,6 +33,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.etcd.io/etcd/client/v3/naming/endpoints"
 	"go.uber.org/zap"
 )
 
@@ -75,6 +78,7 @@ type options struct {
 	key       string
 	identity  string
 	ttl       int
+	weight    int
 }
 
 func parse(name string, args []string) options {
@@ -85,6 +89,7 @@ func parse(name string, args []string) options {
 	fs.StringVar(&o.key, "key", "", "key prefix to watch")
 	fs.StringVar(&o.identity, "identity", "", "the candidate's value")
 	fs.IntVar(&o.ttl, "ttl", 5, "session TTL in seconds")
+	fs.IntVar(&o.weight, "weight", 10, "an endpoint's weight (endpoints-add)")
 	_ = fs.Parse(args)
 	return o
 }
@@ -279,9 +284,55 @@ func mutexKey(o options) {
 	}
 }
 
+// endpointMetadata is the metadata geventc's etcd-endpoints format carries, in its
+// field order.
+type endpointMetadata struct {
+	Network string            `json:"network"`
+	Weight  int               `json:"weight"`
+	Tags    map[string]string `json:"tags"`
+}
+
+// endpointsAdd writes one endpoint as Go's naming/endpoints Manager does.
+func endpointsAdd(o options) {
+	client := connect(o)
+	defer client.Close()
+	manager, err := endpoints.NewManager(client, o.path)
+	if err != nil {
+		fail(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	meta := endpointMetadata{Network: "tcp", Weight: o.weight, Tags: map[string]string{}}
+	if err := manager.AddEndpoint(ctx, o.key, endpoints.Endpoint{Addr: o.identity, Metadata: meta}); err != nil {
+		fail(err)
+	}
+	emit("added", map[string]any{"key": o.key})
+}
+
+// endpointsList prints every endpoint Go's Manager lists under the target.
+func endpointsList(o options) {
+	client := connect(o)
+	defer client.Close()
+	manager, err := endpoints.NewManager(client, o.path)
+	if err != nil {
+		fail(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	found, err := manager.List(ctx)
+	if err != nil {
+		fail(err)
+	}
+	listed := map[string]any{}
+	for key, endpoint := range found {
+		listed[key] = map[string]any{"addr": endpoint.Addr, "metadata": endpoint.Metadata}
+	}
+	emit("endpoints", map[string]any{"endpoints": listed})
+}
+
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: peer campaign|leader|watch-require-leader|mutex-key [flags]")
+		fmt.Fprintln(os.Stderr, "usage: peer campaign|leader|watch-require-leader|mutex-key|endpoints-add|endpoints-list [flags]")
 		os.Exit(2)
 	}
 	o := parse(os.Args[1], os.Args[2:])
@@ -294,6 +345,10 @@ func main() {
 		watchRequireLeader(o)
 	case "mutex-key":
 		mutexKey(o)
+	case "endpoints-add":
+		endpointsAdd(o)
+	case "endpoints-list":
+		endpointsList(o)
 	default:
 		fmt.Fprintf(os.Stderr, "peer: unknown subcommand %q\n", os.Args[1])
 		os.Exit(2)
