@@ -7,18 +7,21 @@ processes, OS threads for python-etcd3. Values are 256 bytes; every key is disti
 Each run also records this process's CPU time per operation (etcd runs on the same 2
 cores, so a client's CPU per request bounds its throughput).
 
-Run through the suite: ``python benchmarks/run.py`` (or by hand,
-``python benchmarks/worker.py geventc kv-seq '{"endpoint": "http://127.0.0.1:2379",
-"prefix": "/bench/x/", "ops": 200}'``).
+Run through the suite: ``python benchmarks/run.py`` (or by hand, from the repository root,
+``python -m benchmarks.worker geventc kv-seq '{"endpoint": "http://127.0.0.1:2379",
+"prefix": "/bench/x/", "ops": 200}'``). :data:`SECTIONS` is their part of the report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from common import VALUE, CpuWindow, for_each, latency_ms
-from peers import KV, GeventcKV, make_kv
+from benchmarks import report
+from benchmarks.common import VALUE, CpuWindow, for_each, latency_ms
+from benchmarks.peers import KV, GeventcKV, make_kv
+from benchmarks.report import figure, fmt, joined, per_impl, times, versus
 
 WARMUP_OPS = 50
 
@@ -91,3 +94,118 @@ def kv_conc(impl: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 SCENARIOS = {"kv-seq": kv_seq, "kv-conc": kv_conc}
+
+
+# --- the report's sections ------------------------------------------------------------------
+
+OPS = ("put", "get")
+CONC_CALLERS = ("64", "256")
+
+
+def put_get(make: Callable[[str], report.Cell], name: str, where: str = "") -> report.Cell:
+    """``put / get``: the cell ``make`` builds for ``{where}put.{name}``, then for get."""
+    return joined(*(make(f"{where}{op}.{name}") for op in OPS))
+
+
+def only(impl: str, cell: report.Cell) -> report.Cell:
+    """``cell`` in ``impl``'s row, empty in the others."""
+    return lambda f, row: cell(f, row) if row == impl else ""
+
+
+def cpu_per_op(at: str = "") -> report.Column:
+    """The client's CPU per put and per get, in µs."""
+    return report.Column(
+        "client CPU µs/op (put / get)", put_get(partial(figure, digits=0), "cpu_us_per_op", at)
+    )
+
+
+def sequential_target(number: str, op: str) -> report.Target:
+    """S1 (put) or S2 (get): geventc's p50 within 10 % of raw urllib3's."""
+
+    def measured(f: report.Figures, ratio: float) -> str:
+        return (
+            f"p50 {fmt(f.med('geventc', f'{op}.p50_ms'), 3)} ms vs raw "
+            f"{fmt(f.med('raw', f'{op}.p50_ms'), 3)} ms: {times(ratio)} (p99 "
+            f"{times(f.ratio('geventc', 'raw', f'{op}.p99_ms'))}; no coalescing: p50 "
+            f"{times(f.ratio('geventc-nc', 'raw', f'{op}.p50_ms'))})"
+        )
+
+    text = f"sequential {op} latency ≤ 1.1 x raw urllib3"
+    return report.Target(number, text, f"{op}.p50_ms", measured, compare_to="raw", at_most=1.1)
+
+
+def coalescing_target(op: str) -> report.Target:
+    """S3: with coalescing, twice python-etcd3's throughput at 64 callers."""
+    path = f"64.{op}.ops_per_s"
+
+    def measured(f: report.Figures, ratio: float) -> str:
+        return (
+            f"{fmt(f.med('geventc', path), 0)} vs {fmt(f.med('etcd3', path), 0)} ops/s: "
+            f"{times(ratio)}"
+        )
+
+    text = f"64 callers {op}, coalescing: ≥ 2 x python-etcd3 ops/s"
+    return report.Target("S3", text, path, measured, compare_to="etcd3", at_least=2)
+
+
+def uncoalesced_target(op: str) -> report.Target:
+    """S3: without coalescing, at least raw urllib3's throughput at every caller count."""
+
+    def ratios(f: report.Figures) -> dict[str, float]:
+        return {c: f.ratio("geventc-nc", "raw", f"{c}.{op}.ops_per_s") for c in CONC_CALLERS}
+
+    def measured(f: report.Figures, _worst: float) -> str:
+        return ", ".join(f"{times(r)} at {c} callers" for c, r in ratios(f).items())
+
+    text = f"{op} without coalescing: ≥ raw urllib3 ops/s"
+    return report.Target("S3", text, lambda f: min(ratios(f).values()), measured, at_least=1)
+
+
+def conc_table(callers: str) -> report.Table:
+    """S3's table for one number of callers."""
+    at = f"{callers}."
+    return per_impl(
+        report.Column("put ops/s (min-max)", figure(f"{at}put.ops_per_s", 0, spread=True)),
+        report.Column("put p99 ms", figure(f"{at}put.p99_ms", 1)),
+        report.Column("get ops/s (min-max)", figure(f"{at}get.ops_per_s", 0, spread=True)),
+        report.Column("get p99 ms", figure(f"{at}get.p99_ms", 1)),
+        report.Column("geventc ÷ this (put / get ops/s)", put_get(versus, "ops_per_s", at)),
+        report.Column(
+            "geventc no coalescing ÷ this",
+            put_get(partial(versus, mine="geventc-nc"), "ops_per_s", at),
+        ),
+        cpu_per_op(at),
+        report.Column(
+            "ops per coalesced txn",
+            only("geventc", put_get(partial(figure, digits=1), "ops_per_batch", at)),
+        ),
+        heading=f"### {callers} concurrent callers",
+    )
+
+
+KV_COLUMNS = (("ops_per_s", "ops/s", 0), ("p50_ms", "p50 ms", 3), ("p99_ms", "p99 ms", 3))
+SEQUENTIAL = per_impl(
+    *(
+        report.Column(f"{op} {name}", figure(f"{op}.{key}", digits))
+        for op in OPS
+        for key, name, digits in KV_COLUMNS
+    ),
+    cpu_per_op(),
+    report.Column("geventc ÷ this: put p50", versus("put.p50_ms")),
+    report.Column("get p50", versus("get.p50_ms")),
+)
+
+SECTIONS = (
+    report.Section(
+        "S1/S2",
+        "S1/S2 — sequential put and get (one caller)",
+        [SEQUENTIAL],
+        [sequential_target("S1", "put"), sequential_target("S2", "get")],
+    ),
+    report.Section(
+        "S3",
+        "S3 — concurrent put and get (callers share one client)",
+        [conc_table(c) for c in CONC_CALLERS],
+        [*(coalescing_target(op) for op in OPS), *(uncoalesced_target(op) for op in OPS)],
+    ),
+)

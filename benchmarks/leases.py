@@ -13,17 +13,21 @@ second over a ``window`` (geventc: every request its transport sent, from
 window in % of a core (``time.process_time``), the RSS before and after creating the
 keys (VmRSS after ``gc.collect()``), and that every key is still there after the window.
 
-Run through the suite: ``python benchmarks/run.py``.
+Run through the suite: ``python benchmarks/run.py``; :data:`SECTIONS` is its part of the
+report.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
 
-from common import CpuWindow, Gateway, for_each, instance_value, rss_kib
-from peers import Peer, make_peer
+from benchmarks import report
+from benchmarks.common import CpuWindow, Gateway, for_each, instance_value, rss_kib
+from benchmarks.peers import Peer, make_peer
+from benchmarks.report import figure, fmt, per_impl, versus
 
 CREATE_CALLERS = 64
 REFRESH_CALLERS = 16
@@ -227,3 +231,127 @@ def _peer(peer: Peer, params: dict[str, Any], gateway: Gateway) -> dict[str, Any
 
 
 SCENARIOS = {"ephemeral": ephemeral}
+
+
+# --- the report's section -------------------------------------------------------------------
+
+
+def with_other(
+    path: str, digits: int, other: str, other_digits: int, unit: str = ""
+) -> report.Cell:
+    """A cell ``a (b)``: the median of ``path`` and, in brackets, of ``other``."""
+    return lambda f, impl: (
+        f"{fmt(f.med(impl, path), digits)} ({fmt(f.med(impl, other), other_digits)}{unit})"
+    )
+
+
+def per_thousand_keys(path: str, digits: int) -> report.Cell:
+    """The median of ``path`` per 1,000 keys."""
+
+    def cell(f: report.Figures, impl: str) -> str:
+        keys = f.med(impl, "keys")
+        return fmt(f.med(impl, path) * (1000 / keys if keys else math.nan), digits)
+
+    return cell
+
+
+def alive(f: report.Figures, impl: str) -> str:
+    """The keys still there after the window, of those created."""
+    return f"{fmt(f.med(impl, 'alive_after_window'), 0)}/{fmt(f.med(impl, 'keys'), 0)}"
+
+
+def troubles(f: report.Figures, impl: str) -> str:
+    """What went wrong in S4, summed over the runs."""
+    parts = [f"{fmt(f.total(impl, 'create_errors'), 0)} create errors"]
+    if impl == "geventc":
+        parts.append(f"{fmt(f.total(impl, 'lost_events'), 0)} LOST events")
+        regrants = f.total(impl, "lease_ids") - len(f.runs.get(impl, []))
+        parts.append(f"{fmt(regrants, 0)} lease re-grants")
+    else:
+        parts.append(f"{fmt(f.total(impl, 'refresh_failures'), 0)} refresh failures")
+    errors = [e for r in f.runs.get(impl, []) if (e := r.get("first_error"))]
+    return ", ".join(parts) + (f" (first: {errors[0][:80]})" if errors else "")
+
+
+def key_count(f: report.Figures) -> str:
+    """geventc's number of keys, for the targets."""
+    return fmt(f.med("geventc", "keys"), 0)
+
+
+def requests_off_by(f: report.Figures) -> float:
+    """Keep-alive requests more or fewer than expected over geventc's window (nan when a
+    figure is missing)."""
+    rate, expected = (
+        f.med("geventc", "keepalive_requests_per_s"),
+        f.med("geventc", "expected_requests_per_s"),
+    )
+    return abs(rate - expected) * f.med("geventc", "window_s")
+
+
+def requests_measured(f: report.Figures, _off_by: float) -> str:
+    """The keep-alive rate against the expected one."""
+    return (
+        f"{fmt(f.med('geventc', 'keepalive_requests_per_s'), 2)}/s for {key_count(f)} keys on "
+        f"{fmt(f.med('geventc', 'leases'), 0)} TTL "
+        f"(expected {fmt(f.med('geventc', 'expected_requests_per_s'), 2)}/s)"
+    )
+
+
+def cpu_measured(f: report.Figures, cpu: float) -> str:
+    """geventc's CPU at rest, and how many runs lost keys."""
+    losing = sum(1 for run in f.runs.get("geventc", []) if run.get("lost_events"))
+    caveat = f"; {losing} of {len(f.runs['geventc'])} runs lost keys, see S4" if losing else ""
+    return f"{fmt(cpu, 3)} % for {key_count(f)} keys (median{caveat})"
+
+
+SECTIONS = (
+    report.Section(
+        "S4",
+        "S4 — ephemeral keys at rest",
+        [
+            per_impl(
+                report.Column("keys", figure("keys", 0)),
+                report.Column("leases", figure("leases", 0)),
+                report.Column(
+                    "create s (keys/s)", with_other("create_s", 2, "create_keys_per_s", 0, "/s")
+                ),
+                report.Column(
+                    "keep-alive req/s (expected)",
+                    with_other("keepalive_requests_per_s", 2, "expected_requests_per_s", 2),
+                ),
+                report.Column(
+                    "req/s per 1,000 keys", per_thousand_keys("keepalive_requests_per_s", 2)
+                ),
+                report.Column("CPU % of a core at rest", figure("cpu_percent", 2, spread=True)),
+                report.Column("CPU % per 1,000 keys", per_thousand_keys("cpu_percent", 3)),
+                report.Column("RSS B/key", figure("rss_per_key_bytes", 0, spread=True)),
+                report.Column("geventc ÷ this: RSS/key", versus("rss_per_key_bytes")),
+                report.Column("keys alive after the window", alive),
+                report.Column("problems (all runs)", troubles),
+            )
+        ],
+        [
+            report.Target(
+                "S4",
+                "keep-alive requests/s = distinct TTLs ÷ (TTL/3), whatever the number of keys",
+                requests_off_by,
+                requests_measured,
+                at_most=1.01,
+            ),
+            report.Target(
+                "S4",
+                "client CPU at rest < 1 % of a core for 10,000 keys",
+                "cpu_percent",
+                cpu_measured,
+                below=1,
+            ),
+            report.Target(
+                "S4",
+                "< 2 KiB RSS per key",
+                "rss_per_key_bytes",
+                lambda f, rss: f"{fmt(rss, 0)} B per key ({key_count(f)} keys)",
+                below=2048,
+            ),
+        ],
+    ),
+)

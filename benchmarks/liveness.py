@@ -4,6 +4,7 @@ and how long shutting down takes while etcd is down.
     python benchmarks/liveness.py                  # full (~9 min)
     python benchmarks/liveness.py --quick          # < 60 s, 2 repetitions per fault
     python benchmarks/liveness.py --repeat 5 --out /tmp/liveness.md
+    python -m benchmarks.liveness --quick          # the same, as the package's module
 
 A standalone script (not part of ``run.py``'s suite, which measures throughput against
 one fsync'd etcd): it needs a 3-member ``EtcdCluster(3, fsync=False, netns=True,
@@ -42,6 +43,14 @@ SIGSTOPped (connections accepted, nothing answered) and we time, one after the o
 code on disk when the script runs (see the tree line of the report).
 """
 
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file: become the package's module
+    ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (ROOT, os.getenv("PYTHONPATH"))))
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.liveness", *sys.argv[1:]])
+
 from gevent import monkey
 
 monkey.patch_all()  # first: the fault proxies and geventc run in greenlets
@@ -51,23 +60,26 @@ import datetime  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import gevent  # noqa: E402
-from common import CpuWindow, Gateway, instance_value, median, percentile, rss_kib  # noqa: E402
-from environment import cpu_model, source_tree, versions  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    CpuWindow,
+    Gateway,
+    instance_value,
+    median,
+    percentile,
+    rss_kib,
+)
+from benchmarks.environment import cpu_model, source_tree, versions  # noqa: E402
 
 KINDS = ("pause", "blackhole", "isolate-follower", "isolate-leader")
 ROUND_LIMIT = 20.0  # the most one stall round waits for the write and the detection

@@ -12,7 +12,7 @@
   needs on current protobuf); it is not gevent-friendly, so its process is not
   monkey-patched and its concurrent callers are OS threads.
 
-Not run on its own: ``python benchmarks/run.py`` drives it through ``worker.py``.
+Not run on its own: ``python benchmarks/run.py`` drives it through ``benchmarks.worker``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from importlib import metadata
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from common import JSON_HEADERS, b64, background, range_end
+from benchmarks.common import JSON_HEADERS, b64, background, range_end
 
 IMPLS = ("geventc", "geventc-nc", "raw", "etcd3gw", "etcd3")
 GREEN = ("geventc", "geventc-nc", "raw", "etcd3gw")  # run in a monkey-patched process

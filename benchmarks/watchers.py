@@ -18,7 +18,8 @@ service (a plain urllib3 write, the same for everyone) and the time until the *l
 subscriber of that service has delivered the new value, and ``fanout_rounds`` times one
 txn touching every service and the time until all ``n`` subscribers have it.
 
-Run through the suite: ``python benchmarks/run.py``.
+Run through the suite: ``python benchmarks/run.py``; :data:`SECTIONS` is its part of the
+report.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from common import CpuWindow, Gateway, b64, for_each, instance_value, latency_ms
-from common import rss_kib as rss
-from peers import Peer, WatchEvent, make_peer
+from benchmarks import report
+from benchmarks.common import CpuWindow, Gateway, b64, for_each, instance_value, latency_ms
+from benchmarks.common import rss_kib as rss
+from benchmarks.peers import Peer, WatchEvent, make_peer
+from benchmarks.report import figure, fmt, joined, latency, per_impl, versus
 
 NEW = "new"  # the instance name each round writes
 START_CALLERS = 64
@@ -267,3 +270,100 @@ def _latencies(seconds: list[float]) -> dict[str, Any]:
 
 
 SCENARIOS = {"trackers": trackers}
+
+
+# --- the report's section -------------------------------------------------------------------
+
+
+def subscriber_count(f: report.Figures) -> str:
+    """geventc's number of subscribers, for the targets."""
+    return fmt(f.med("geventc", "subscribers"), 0)
+
+
+def streams_measured(f: report.Figures, streams: float) -> str:
+    """etcd's stream count against the prefixes watched."""
+    services = f.med("geventc", "services")
+    return (
+        f"{fmt(streams, 0)} streams (etcd's count) for {fmt(services, 0)} prefixes, "
+        f"{subscriber_count(f)} trackers"
+    )
+
+
+def one_service_measured(f: report.Figures, p99: float) -> str:
+    """The p99 of a put to one service, and how many trackers follow that service."""
+    n, services = f.med("geventc", "subscribers"), f.med("geventc", "services")
+    per_service = fmt(n / services if services else math.nan, 0)
+    return f"{fmt(p99, 1)} ms: put to one service → its last of {per_service} trackers"
+
+
+def rss_measured(f: report.Figures, per_tracker: float) -> str:
+    """RSS per tracker, without and with a reading greenlet."""
+    with_reader = f.med("geventc", "rss_per_subscriber_bytes")
+    return (
+        f"{fmt(per_tracker, 0)} B per tracker; {fmt(with_reader, 0)} B with a reading greenlet each"
+    )
+
+
+SECTIONS = (
+    report.Section(
+        "S5",
+        "S5 — service trackers",
+        [
+            per_impl(
+                report.Column(
+                    "subscribers / services",
+                    joined(figure("subscribers", 0), figure("services", 0)),
+                ),
+                report.Column("first snapshots s", figure("first_state_s", 2)),
+                report.Column("etcd watch streams", figure("streams", 0)),
+                report.Column("etcd watchers", figure("watchers", 0)),
+                report.Column(
+                    "RSS B/tracker (no reader)", figure("rss_per_tracker_no_reader_bytes", 0)
+                ),
+                report.Column(
+                    "RSS B/subscriber (with its reader)", figure("rss_per_subscriber_bytes", 0)
+                ),
+                report.Column("CPU % at rest", figure("cpu_percent_at_rest", 3)),
+                report.Column("CPU µs per delivered snapshot", figure("cpu_us_per_delivery", 1)),
+                report.Column("put → last of its service p50 / p99 ms", latency("one_service")),
+                report.Column(
+                    "txn to every service → last of all p50 / p99 ms", latency("every_service")
+                ),
+                report.Column("geventc ÷ this: p99", versus("one_service.p99_ms")),
+            )
+        ],
+        [
+            report.Target(
+                "S5",
+                "watch streams ≤ distinct watched prefixes",
+                "streams",
+                streams_measured,
+                at_most="services",
+            ),
+            report.Target(
+                "S5",
+                "put → last subscriber's snapshot p99 ≤ 100 ms",
+                "one_service.p99_ms",
+                one_service_measured,
+                at_most=100,
+            ),
+            report.Target(
+                "S5",
+                lambda f: (
+                    f"(stricter reading) one txn to every service → last of all "
+                    f"{subscriber_count(f)} subscribers ≤ 100 ms"
+                ),
+                "every_service.p99_ms",
+                lambda f, every: f"{fmt(every, 1)} ms (max over the rounds' p99)",
+                at_most=100,
+            ),
+            report.Target(
+                "S5",
+                "< 5 KiB RSS per tracker",
+                "rss_per_tracker_no_reader_bytes",
+                rss_measured,
+                below=5120,
+            ),
+        ],
+    ),
+)

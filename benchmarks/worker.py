@@ -1,6 +1,6 @@
 """Run one scenario with one implementation in this process and print one JSON line.
 
-    python benchmarks/worker.py IMPL SCENARIO 'JSON-PARAMS'
+    python -m benchmarks.worker IMPL SCENARIO 'JSON-PARAMS'    # from the repository root
 
 IMPL is geventc, geventc-nc (coalescing off), raw, etcd3gw or etcd3; SCENARIO one of
 kv-seq, kv-conc, ephemeral, trackers, election, election-holder, registry. PARAMS
@@ -30,13 +30,13 @@ from typing import Any
 GREEN = ("geventc", "geventc-nc", "raw", "etcd3gw")
 LIBRARIES = {"geventc-nc": "geventc", "raw": "urllib3"}
 MODULES = {
-    "kv-seq": "kv",
-    "kv-conc": "kv",
-    "ephemeral": "leases",
-    "trackers": "watchers",
-    "election": "recipes",
-    "election-holder": "recipes",
-    "registry": "recipes",
+    "kv-seq": "benchmarks.kv",
+    "kv-conc": "benchmarks.kv",
+    "ephemeral": "benchmarks.leases",
+    "trackers": "benchmarks.watchers",
+    "election": "benchmarks.recipes",
+    "election-holder": "benchmarks.recipes",
+    "registry": "benchmarks.recipes",
 }
 
 
@@ -60,8 +60,7 @@ def run(impl: str, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
     reason = prepare(impl)
     if reason:
         return {"skip": reason}
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import peers
+    from benchmarks import peers  # after the patching
 
     started = time.perf_counter()
     profile = os.environ.get("BENCH_PROFILE")

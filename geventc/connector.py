@@ -191,6 +191,7 @@ class Connector:
         details = [o.detail for o in failed if o is not None]
         expires_in = max([expires_in, *(o.expires_in or 0.0 for o in failed if o is not None)])
         if not revoked:
+            expires_in = max(expires_in, self.lease_keeper.unrevoked() or 0.0)
             details.append(f"could not revoke every lease; they expire in about {expires_in:.0f}s")
         unfinished = sum(o is None for o in failed)
         if unfinished:

@@ -90,6 +90,7 @@ class KeptLease:
         self._holders = 0  # the sum of the counts above, kept: O(1) per release
         self._greenlet: gevent.Greenlet[[], None] | None = None
         self._adopted = False  # granted elsewhere: not replaced once lost (see adopt)
+        self._revoked = False  # once closed: whether etcd confirmed the revocation
 
     def __repr__(self) -> str:
         return f"KeptLease(id={self.id:x}, ttl={self.ttl}, state={self.state.value})"
@@ -172,14 +173,19 @@ class KeptLease:
     def close(self, *, revoke: bool = True, timeout: float = 1.0) -> bool:
         """Stop renewing and (by default) revoke the lease, within ``timeout``; True
         when etcd confirmed the revocation (or the lease had surely expired)."""
+        if self.state is LeaseState.CLOSED:
+            return self._revoked  # closed before (maybe still revoking): that outcome
         started = time.monotonic()
+        lease_id = self.id
+        self.state = LeaseState.CLOSED
+        self._revoked = False
         if self._greenlet is not None:
             self._greenlet.kill(block=True, timeout=timeout / 2)
             self._greenlet = None
-        lease_id, self.id = self.id, 0
-        self.state = LeaseState.CLOSED
+        self.id = 0
         if not revoke or not lease_id:
-            return not lease_id
+            self._revoked = not lease_id
+            return self._revoked
         timer = gevent.Timeout(max(0.001, timeout - (time.monotonic() - started)))
         try:
             with timer:
@@ -197,6 +203,7 @@ class KeptLease:
             )
             return False
         self._deadline = 0.0
+        self._revoked = True
         return True
 
     # --- the renewing greenlet ---------------------------------------------------------
@@ -356,6 +363,8 @@ class LeaseKeeper:
         self._group = group
         self._shared: dict[int, KeptLease] = {}
         self._granting: dict[int, BoundedSemaphore] = {}
+        #: leases whose revocation etcd did not confirm, with the time they surely end
+        self._unrevoked: dict[int, float] = {}
 
     def acquire(self, ttl: int, listener: LeaseListener, *, shared: bool = True) -> KeptLease:
         """A live lease of ``ttl`` seconds with ``listener`` registered as a holder;
@@ -396,7 +405,28 @@ class LeaseKeeper:
             return None
         if lease.shared and self._shared.get(lease.requested_ttl) is lease:
             del self._shared[lease.requested_ttl]
-        return lease.close(timeout=timeout)
+        return self._closed(lease, lease.close(timeout=timeout))
+
+    def release_later(self, lease: KeptLease, listener: LeaseListener) -> None:
+        """:meth:`release` in the background (a holder out of time lets go without
+        waiting for etcd); until it is confirmed, :meth:`unrevoked` counts the lease."""
+        self._unrevoked[id(lease)] = time.monotonic() + lease.expires_in
+        self._group.spawn(self.release, lease, listener)
+
+    def _closed(self, lease: KeptLease, revoked: bool) -> bool:
+        """Note a lease etcd did not confirm revoked (it lives until its TTL ends)."""
+        if revoked:
+            self._unrevoked.pop(id(lease), None)
+        else:
+            self._unrevoked[id(lease)] = time.monotonic() + lease.expires_in
+        return revoked
+
+    def unrevoked(self) -> float | None:
+        """None when every lease let go of was confirmed revoked (or has surely expired
+        since); else about how many seconds the last of the others still lives."""
+        now = time.monotonic()
+        left = [end - now for end in self._unrevoked.values() if end > now]
+        return max(left) if left else None
 
     def leases(self) -> list[KeptLease]:
         """The shared leases kept now."""
@@ -409,4 +439,6 @@ class LeaseKeeper:
         self._shared.clear()
         closing = [self._group.spawn(lease.close, timeout=timeout) for lease in leases]
         gevent.joinall(closing, timeout=timeout + 0.1)
-        return all(g.value is True for g in closing)
+        for lease, attempt in zip(leases, closing, strict=True):
+            self._closed(lease, attempt.value is True)
+        return self.unrevoked() is None

@@ -146,3 +146,16 @@ def test_the_command_says_when_it_could_not_release(
     assert left in stderr and "expires in about" in stderr, stderr
     assert process.returncode not in (0, 130), (process.returncode, stderr)
     assert took < 2 * STOP_TIMEOUT + 3, f"took {took:.1f}s"
+
+
+def test_close_is_not_confirmed_while_a_let_go_lease_was_not_revoked(server: EtcdServer) -> None:
+    # every key's delete failed and its lease's revocation went to the background: the
+    # keys stay until the lease expires, so closing must not say all was released
+    conn = geventc.connect(server.endpoints, namespace="/left", stop_timeout=STOP_TIMEOUT)
+    key = conn.ephemeral_key("/k")
+    key.create("v", ttl=9)
+    server.kill(0)
+    assert not key.delete()
+    closed, took = _timed(conn.close)
+    assert not closed and "expire" in closed.detail and took < STOP_TIMEOUT + MARGIN
+    assert closed.expires_in is not None and 0 < closed.expires_in <= 9

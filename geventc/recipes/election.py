@@ -321,7 +321,7 @@ class LeaderElector(Recipe[ElectionEvent]):
             self._delete_left_keys()
         except BaseException:  # no answer, or out of time: the key goes with the lease
             self._leftover = lease.expires_in
-            self._conn.group.spawn(self._conn.lease_keeper.release, lease, self._on_lease)
+            self._conn.lease_keeper.release_later(lease, self._on_lease)
             raise
         self._conn.lease_keeper.release(lease, self._on_lease, timeout=self._remaining())
         return None

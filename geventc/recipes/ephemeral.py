@@ -347,7 +347,7 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
             self._conn.lease_keeper.release(lease, self._on_lease)  # no I/O: others hold it
         else:
             self._leftover = lease.expires_in
-            self._conn.group.spawn(self._conn.lease_keeper.release, lease, self._on_lease)
+            self._conn.lease_keeper.release_later(lease, self._on_lease)
 
     def _held_text(self) -> str:
         return f"delete {self.key.decode('utf-8', 'replace')}"
