@@ -104,6 +104,8 @@ class PrefixWatch:
         self._confirmed_at = time.monotonic()
         self._liveness = liveness
         self._moved = Signal()  # set (and replaced) whenever the copy changes
+        self._confirming = False  # a greenlet checks that the copy is current again
+        self._group = group
         self._source = source
         self._state: dict[bytes, KeyValue] = {}
         # listener -> times added; a dict so that removing one of 10,000 is O(1)
@@ -162,8 +164,10 @@ class PrefixWatch:
         """The state now as a resync update; one object per revision, so listeners
         added at the same revision can share what they derive from it."""
         view = self._view
-        if view is None or view.revision != self.revision:
-            view = self._view = PrefixUpdate((), self.state, self.revision, resynced=True)
+        if view is None or view.revision != self.revision or view.stale != self.stale:
+            view = self._view = PrefixUpdate(
+                (), self.state, self.revision, resynced=True, stale=self.stale
+            )
         return view
 
     def remove(self, listener: Listener, key: bytes | None = None) -> None:
@@ -191,21 +195,44 @@ class PrefixWatch:
                 return  # failing: the listener is told of it, and of the state once read
         if self.revision >= fresh_after:
             return
-        read = self._source.get_prefix(self.prefix)
+        if not self._reflects(self._source.get_prefix(self.prefix), deadline):
+            log.info("watch on %r did not catch up in %.1fs", self.prefix, timeout)
+
+    def _reflects(self, read: RangeResult, deadline: float) -> bool:
+        """Wait (until ``deadline``) for the copy to reflect ``read``, a linearizable
+        read of the prefix; True once it does."""
         target = {kv.key: kv.mod_revision for kv in read.kvs}
         while self.revision < read.header.revision:
             if {k: kv.mod_revision for k, kv in self._state.items()} == target:
                 # whatever the stream still holds up to the read nets out to no change
                 self.revision = read.header.revision
-                return
+                return True
             if not self._moved.wait(max(0.0, deadline - time.monotonic())):
-                log.info(
-                    "watch on %r did not catch up with revision %d in %.1fs",
-                    self.prefix,
-                    read.header.revision,
-                    timeout,
-                )
-                return
+                return False
+        return True
+
+    def _current_again(self) -> None:
+        """The stream is back: say "current" only once the copy has caught up with a
+        read made now (the events missed meanwhile arrive after the watch is re-made),
+        in a greenlet of its own, as the watch's greenlet delivers those events."""
+        if self.stale and not self._confirming:
+            self._confirming = True
+            self._group.spawn(self._confirm_current)
+
+    def _confirm_current(self) -> None:
+        try:
+            sent = time.monotonic()
+            read = self._source.get_prefix(self.prefix)
+            if read.header.revision < self.revision:
+                return  # a member behind what was delivered: not current (check again)
+            timeout = self._liveness.stale_after if self._liveness is not None else 5.0
+            if self._reflects(read, sent + timeout) and self.stale:
+                self._confirmed_at = max(self._confirmed_at, sent)
+                self._set_stale(False, self.age)
+        except EtcdError as exc:
+            log.info("watch on %r: could not confirm it is current (%s)", self.prefix, exc)
+        finally:
+            self._confirming = False
 
     def check_freshness(self, now: float) -> None:
         """Tell listeners when the copy goes stale (not confirmed for longer than the
@@ -216,8 +243,8 @@ class PrefixWatch:
         connected = self._stream is not None and bool(self._stream.endpoint)
         if not self.stale and age > self._liveness.stale_after:
             self._set_stale(True, age)
-        elif self.stale and connected and age <= self._liveness.stale_after:
-            self._set_stale(False, age)
+        elif self.stale and connected:
+            self._current_again()
 
     def _last_confirmed(self) -> float:
         if self._stream is not None:
@@ -280,16 +307,22 @@ class PrefixWatch:
     def _trouble(self, error: EtcdError) -> None:
         """Tell listeners of ``error``; the copy cannot be current until it is over."""
         self._failing = True
-        self._publish(
-            PrefixUpdate((), self.state, self.revision, error=error, stale=self.stale, age=self.age)
+        self._set_stale(True, self.age)  # also before the first state: never current yet
+        self._publish(  # after: the newest snapshot a listener keeps carries the error
+            PrefixUpdate((), self.state, self.revision, error=error, stale=True, age=self.age)
         )
-        if self.synced:
-            self._set_stale(True, self.age)
         self._changed()
 
     def _resync(self) -> None:
         sent = time.monotonic()
         result = self._source.get_prefix(self.prefix)
+        if result.header.revision < self.revision:
+            # a member whose data is behind what was already delivered (etcd lost or
+            # replaced it): never go back; stay stale and read again later
+            raise EtcdError(
+                f"the re-read of {self.prefix!r} is at revision {result.header.revision}, "
+                f"behind the {self.revision} already delivered; keeping the newer state"
+            )
         self._confirmed_at = max(self._confirmed_at, sent)
         fresh = {kv.key: kv for kv in result.kvs}
         events = [
@@ -306,7 +339,7 @@ class PrefixWatch:
         self.revision = result.header.revision
         self.synced = True
         self._failing = False
-        self._publish(PrefixUpdate(tuple(events), self.state, self.revision, resynced=True))
+        self._publish(self._update(tuple(events), resynced=True))
         self._changed()
 
     def _follow(self) -> None:
@@ -315,8 +348,8 @@ class PrefixWatch:
         )
         if self._failing:  # tell listeners the problem they were told of is over
             self._failing = False
-            self._publish(PrefixUpdate((), self.state, self.revision))
-        self._set_stale(False, self.age)
+            self._publish(self._update(()))
+        self._current_again()
         for response in self._stream:
             for event in response.events:
                 if event.type is EventType.DELETE:
@@ -324,10 +357,18 @@ class PrefixWatch:
                 else:
                     self._state[event.kv.key] = event.kv
             self.revision = max(self.revision, self._stream.start_revision - 1)
-            self._set_stale(False, self.age)
+            self._current_again()
             if response.events:
-                self._publish(PrefixUpdate(response.events, self.state, self.revision))
+                self._publish(self._update(response.events))
             self._changed()
+
+    def _update(self, events: tuple[Event, ...], *, resynced: bool = False) -> PrefixUpdate:
+        """An update of the copy now, saying whether it is stale (every update does, so
+        a listener never takes news for "current again")."""
+        stale = self.stale
+        return PrefixUpdate(
+            events, self.state, self.revision, resynced, stale=stale, age=self.age if stale else 0.0
+        )
 
     def _changed(self) -> None:
         """Wake the callers waiting for the copy to catch up."""

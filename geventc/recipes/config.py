@@ -307,6 +307,9 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
             self._on_error(update.error)
             self._note_freshness(update)
             return
+        if not update.events and not update.resynced:  # only news of its freshness
+            self._note_freshness(update)
+            return
         if update.resynced:
             outcomes = self._resync(update.state, update.revision)
         else:

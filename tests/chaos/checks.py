@@ -9,10 +9,11 @@ check again on a saved history.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .history import Record, by_source, load
@@ -536,11 +537,252 @@ def check_shutdown(records: list[Record]) -> list[str]:
     return violations
 
 
+# --- property 5: freshness ----------------------------------------------------------------
+
+#: the recipes of a freshness reader (``participants/fresh.py``)
+FRESH_KINDS = ("tracker", "config", "resolver")
+#: where the freshness writer writes for each recipe (under the run's namespace): a
+#: tracker's and a config's path, and the resolver's registry prefix (Kitex format) of
+#: the service :data:`FRESH_SERVICE`
+FRESH_PATHS = {"tracker": "/fresh/svc", "config": "/fresh/config", "resolver": "fresh/registry"}
+FRESH_SERVICE = "fsvc"
+FRESH_COUNTER = "/fresh/counter"
+
+
+def fresh_name(kind: str, n: int, keys: int) -> str:
+    """The item the writer's value ``n`` goes to, for the recipe of ``kind``: a key's
+    name, or an instance's address (one of ``keys``: each value replaces the one
+    ``keys`` values before it)."""
+    slot = n % keys
+    return {"tracker": f"s{slot}", "config": f"c{slot}", "resolver": f"10.9.0.{slot}:80"}[kind]
+
+
+def fresh_fingerprint(pairs: Iterable[tuple[str, str]], kind: str, keys: int) -> Record:
+    """What a freshness reader records of a view (and the harness of etcd's final
+    state), from its (name, value) pairs: the highest value ``n``, how many items
+    (``count``), their ``sum``, and whether every item has the name its value gets
+    (``ok``)."""
+    values = {name: int(value) if value.isdigit() else -1 for name, value in pairs}
+    return {
+        "n": max(values.values(), default=0),
+        "count": len(values),
+        "sum": sum(values.values()),
+        "ok": all(fresh_name(kind, v, keys) == name for name, v in values.items()),
+    }
+
+
+def fresh_state(n: int, keys: int) -> tuple[int, int]:
+    """(count, sum) of a reader's view at the writer's value ``n``: the ``keys`` newest
+    values, one per key."""
+    values = range(max(1, n - keys + 1), n + 1)
+    return len(values), sum(values)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What a recipe handed its caller at ``t``: the state at value ``n`` (if
+    ``count``, ``total`` and ``ok`` say it is one), ``said`` what the item said about
+    staleness (None: nothing, e.g. a config change) and ``stale`` what the recipe had
+    said last, this item included."""
+
+    t: float
+    n: int
+    count: int
+    total: int
+    ok: bool
+    said: bool | None
+    stale: bool
+
+
+def fresh_views(own: Iterable[Record], kind: str) -> list[View]:
+    """The views of one recipe of a reader process, in order."""
+    views: list[View] = []
+    stale = False
+    for r in own:
+        if r["ev"] != "fresh" or r["k"] != kind:
+            continue
+        said = r.get("stale")
+        if said is not None:
+            stale = bool(said)
+        views.append(View(r["t"], r["n"], r["count"], r["sum"], r["ok"], said, stale))
+    return views
+
+
+@dataclass(frozen=True, slots=True)
+class Acks:
+    """The writer's acknowledged values in the order they were acknowledged: ``times``
+    ascending and ``best[i]`` the highest value acknowledged by ``times[i]``."""
+
+    values: tuple[int, ...]
+    times: tuple[float, ...]
+    best: tuple[int, ...]
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[int, float]]) -> Acks:
+        ordered = sorted(pairs, key=lambda p: p[1])
+        best = tuple(itertools.accumulate((n for n, _ in ordered), max))
+        return cls(tuple(n for n, _ in ordered), tuple(t for _, t in ordered), best)
+
+    def by(self, t: float) -> int:
+        """The highest value acknowledged at or before ``t`` (0: none)."""
+        i = bisect.bisect_right(self.times, t) - 1
+        return self.best[i] if i >= 0 else 0
+
+    def when(self, n: int) -> float:
+        """When a value >= ``n`` was first acknowledged."""
+        return self.times[bisect.bisect_left(self.best, n)]
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """The bound and margins of the freshness property (from the run's ``params``)."""
+
+    bound: float  # stale_after + margin
+    catch_up: float  # a write acknowledged this recently may still be on its way
+    keys: int
+
+
+def check_recipe_freshness(
+    who: str, views: Sequence[View], acks: Acks, rules: Freshness, end: float
+) -> list[str]:
+    """Part (b) of the freshness property for one recipe alive until ``end``: its views
+    are states that never go back; whenever it lagged behind an acknowledged write
+    (acknowledged at a, or when the recipe started if later) for longer than the bound
+    B, it had said stale=True by a + B and had not taken it back by then; and each
+    time it said stale=False after stale=True it showed every write acknowledged at
+    least ``catch_up`` seconds before."""
+    violations: list[str] = []
+    if not views:
+        return violations
+    wrong = [v for v in views if (v.count, v.total) != fresh_state(v.n, rules.keys) or not v.ok]
+    if wrong:
+        violations.append(
+            f"{who}: {len(wrong)} views are no state of the writer's, first at "
+            f"t={wrong[0].t:.3f}: value {wrong[0].n}, {wrong[0].count} items, sum {wrong[0].total}"
+        )
+    for before, after in itertools.pairwise(views):
+        if after.n < before.n:
+            violations.append(
+                f"{who} went back from value {before.n} to {after.n} at t={after.t:.3f}"
+            )
+            break
+    times = [v.t for v in views]
+    best = list(itertools.accumulate((v.n for v in views), max))
+    late: list[tuple[int, float, float, float]] = []  # value, acked, shown, deadline
+    for n, acked in zip(acks.values, acks.times, strict=True):
+        start = max(acked, views[0].t)
+        deadline = start + rules.bound
+        if deadline >= end:
+            continue  # the recipe was gone (or the run over) before it had to say
+        i = bisect.bisect_left(best, n)
+        shown = times[i] if i < len(best) else math.inf
+        if shown <= deadline:
+            continue
+        said = bisect.bisect_right(times, deadline) - 1
+        if said < 0 or not views[said].stale:
+            late.append((n, acked, shown, deadline))
+    if late:
+        n, acked, shown, deadline = late[0]
+        until = "never" if shown == math.inf else f"only at t={shown:.3f} ({shown - acked:.1f}s)"
+        violations.append(
+            f"{who} was stale beyond the bound without saying so: value {n}, acknowledged "
+            f"at t={acked:.3f}, shown {until}, and no stale=True in effect at "
+            f"t={deadline:.3f} (+{rules.bound:g}s); {len(late)} such values in all"
+        )
+    for i, (before, view) in enumerate(itertools.pairwise(views), start=1):
+        if view.said is False and before.stale:
+            wanted = acks.by(view.t - rules.catch_up)
+            if view.n < wanted:
+                j = bisect.bisect_left(best, wanted, lo=i)
+                later = f"{times[j] - view.t:.3f}s later" if j < len(best) else "never"
+                behind = view.t - acks.when(view.n + 1)
+                violations.append(
+                    f"{who} said stale=False at t={view.t:.3f} while behind: it showed value "
+                    f"{view.n}, but value {view.n + 1} had been acknowledged {behind:.1f}s "
+                    f"before and {wanted} at t={acks.when(wanted):.3f} (it showed {wanted} "
+                    f"{later})"
+                )
+    return violations
+
+
+def check_final_freshness(
+    who: str, views: Sequence[View], final: int, rules: Freshness, due: float, until: float
+) -> list[str]:
+    """Part (a) of the freshness property for one recipe alive at the end: from ``due``
+    (the faults healed and the writer done, + the bound) to ``until`` it shows exactly
+    etcd's final state and does not say it is stale."""
+    shown = [v for v in views if v.t <= until]
+    i = bisect.bisect_right([v.t for v in shown], due) - 1
+    if i < 0:
+        return [f"{who} showed nothing by t={due:.3f}"]
+    for view in shown[i:]:
+        exact = view.n == final and (view.count, view.total) == fresh_state(final, rules.keys)
+        if not exact or view.stale:
+            when = "by" if view is shown[i] else "at"
+            return [
+                f"{who} {when} t={max(view.t, due):.3f} shows value {view.n} "
+                f"({view.count} items, stale={view.stale}), not etcd's final value {final}"
+            ]
+    return []
+
+
+def check_freshness(records: list[Record]) -> list[str]:
+    """Property 5: (a) after the faults stop (``healed``) and the writer's last
+    acknowledged write, within the bound, every live reader's tracker, config and
+    resolver shows exactly etcd's final state, not stale, until the end; (b) at no
+    moment did one lag behind an acknowledged write for longer than the bound without
+    having said stale=True by then, and each stale=False after stale=True came when
+    it showed every write acknowledged ``catch_up`` seconds before (see
+    :func:`check_recipe_freshness`)."""
+    params = _one(records, "params")
+    rules = Freshness(params["bound"], params["catch_up"], params["keys"])
+    healed = _one(records, "healed")["t"]
+    until = _one(records, "observed-until")["t"]
+    final = _one(records, "final-fresh")
+    total = final["counter"]
+    violations = crashes(records)
+    for kind, got in sorted(final["views"].items()):
+        if (got["n"], got["count"], got["sum"], got["ok"]) != (
+            total,
+            *fresh_state(total, rules.keys),
+            True,
+        ):
+            violations.append(f"etcd's {kind} prefix {got} is not the state of value {total}")
+    writers = _spawned(records, [params["writer"]])
+    pairs = [(r["n"], r["t"]) for r in records if r["src"] in writers and r["ev"] == "ack"]
+    acks = Acks.of(pairs)
+    if acks.best and acks.best[-1] > total:
+        violations.append(f"value {acks.best[-1]} was acknowledged but etcd's counter is {total}")
+    writes_end = max(
+        [r["t"] for r in records if r["src"] in writers and r["ev"] in ("ack", "done")],
+        default=healed,
+    )
+    due = max(healed, writes_end) + rules.bound
+    killed = _killed(records)
+    sources = by_source(records)
+    for src in _spawned(records, params["readers"]):
+        own = sources.get(src, [])
+        end = min(killed.get(src, math.inf), until)
+        violations += [
+            f"{src}/{r['k']}: its recipe ended: {r['error']}"
+            for r in own
+            if r["ev"] == "recipe-error" and r.get("fatal") and r["t"] <= end
+        ]
+        for kind in FRESH_KINDS:
+            views = [v for v in fresh_views(own, kind) if v.t <= end]
+            who = f"{src}/{kind}"
+            violations += check_recipe_freshness(who, views, acks, rules, end)
+            if src not in killed:
+                violations += check_final_freshness(who, views, total, rules, due, until)
+    return violations
+
+
 CHECKS = {
     "leader-safety": check_leader_safety,
     "exactly-once": check_sequence,
     "registration": check_registrations,
     "shutdown": check_shutdown,
+    "freshness": check_freshness,
 }
 
 

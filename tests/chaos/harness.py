@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gevent
@@ -28,8 +29,9 @@ import gevent
 from geventc import Client, Compare, Op
 from geventc.testing import EtcdCluster, EtcdMember
 
+from . import resources
 from .history import History
-from .schedule import Action, Plan
+from .schedule import MEMBER_DOWN, MEMBER_UP, Action, Plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGE = "tests.chaos.participants"
@@ -121,6 +123,8 @@ class Fleet:
     def spawn(self, name: str) -> Proc:
         """Start a new generation of a slot."""
         slot = self.slots[name]
+        if slot.current is not None and not slot.current.alive:
+            _kill(slot.current)  # it ended on its own: close its stdin
         gen = slot.generations
         slot.generations += 1
         args = slot.make_args(gen)
@@ -258,12 +262,23 @@ class Run:
         #: the stored prefix of the election whose leader key ``steal`` actions delete
         self.election: str | None = None
         self.seconds = 0.0  # of the plan executed
+        #: member episodes in progress (ref -> the members in trouble), replaces running
+        self._episodes: dict[int, list[EtcdMember]] = {}
+        self._replacing: dict[int, gevent.Greenlet[[EtcdMember], None]] = {}
+        #: the harness process's own resources (it also runs the members' proxies)
+        self._sampler = gevent.spawn(
+            resources.sample_forever,
+            partial(self.history.record, "harness"),
+            extra=lambda: {"records": len(self.history.records)},
+        )
 
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.duration = time.monotonic() - self.started
+        self._sampler.kill()
+        gevent.killall(list(self._replacing.values()))
         self.fleet.stop_all()
         self.history.record("harness", "end", counts=dict(self.counts))
         self.history.close()
@@ -302,11 +317,18 @@ class Run:
     def base_args(self, index: int) -> list[str]:
         return ["--endpoints", self.endpoints_for(index), "--namespace", self.namespace]
 
+    def direct_endpoints_for(self, index: int) -> str:
+        """The members' own client URLs (no proxy), rotated by ``index``."""
+        eps = [m.client_url for m in self.cluster.members]
+        k = index % len(eps)
+        return ",".join(eps[k:] + eps[:k])
+
     @property
     def client(self) -> Client:
-        """A client of the harness itself (raw keys: namespace them by hand)."""
+        """A client of the harness itself (raw keys: namespace them by hand). It talks
+        to the members directly: the operator is not behind the faulty proxies."""
         if self._client is None:
-            self._client = Client(self.endpoints, timeout=5.0)
+            self._client = Client([m.client_url for m in self.cluster.members], timeout=5.0)
         return self._client
 
     def key(self, path: str) -> str:
@@ -360,14 +382,12 @@ class Run:
         )
         self.seconds = plan.duration
         started = time.monotonic()
-        members: dict[int, EtcdMember] = {}
-        paired: dict[int, list[EtcdMember]] = {}
         for action in plan.actions:
             delay = started + action.at - time.monotonic()
             if delay > 0:
                 gevent.sleep(delay)
             try:
-                self._apply(action, members, paired)
+                self._apply(action)
             except Exception as exc:  # record it: a harness hiccup is not a verdict
                 self.history.record(
                     "harness",
@@ -378,46 +398,17 @@ class Run:
                 )
         self.history.record("harness", "faults-end", counts=dict(self.counts))
 
-    def _apply(
-        self, action: Action, members: dict[int, EtcdMember], paired: dict[int, list[EtcdMember]]
-    ) -> None:
+    def _apply(self, action: Action) -> None:
         kind, target = action.kind, action.target
-        record = self.history.record
-        if kind in ("member-kill", "member-pause"):
-            self._members_settled()
-            member = self._resolve_member(target, action.ref)
-            if kind == "member-kill":
-                self.cluster.kill(member)
-            else:
-                self.cluster.pause(member)
-            members[action.ref] = member
-            self.counts[kind + ("-leader" if target == "leader" else "")] += 1
-            record("harness", kind, member=member.name, target=target)
-        elif kind == "member-pause-two":
-            self._members_settled()
-            first = int(target)
-            pair = [self.cluster.members[(first + k) % len(self.cluster.members)] for k in (0, 1)]
-            for member in pair:
-                self.cluster.pause(member)
-            paired[action.ref] = pair
-            self.counts[kind] += 1
-            record("harness", kind, members=[m.name for m in pair])
-        elif kind == "member-resume-two":
-            for member in paired.pop(action.ref):
-                self.cluster.resume(member)
-            record("harness", kind)
-        elif kind in ("member-restart", "member-resume"):
-            member = members.pop(action.ref)
-            if kind == "member-restart":
-                self.cluster.restart(member, wait=False)
-            else:
-                self.cluster.resume(member)
-            record("harness", kind, member=member.name)
+        if kind in MEMBER_DOWN:
+            self._member_down(action)
+        elif kind in MEMBER_UP:
+            self._member_up(action)
         elif kind == "compact":
             revision = self.client.get_prefix("/chaos-none/", count_only=True).header.revision
             self.client.compact(revision)
             self.counts[kind] += 1
-            record("harness", "compact", revision=revision)
+            self.history.record("harness", "compact", revision=revision)
         elif kind == "steal":
             self._steal()
         elif kind == "kill":
@@ -445,6 +436,80 @@ class Run:
                 self.counts[f"command-{action.arg}"] += 1
         else:
             raise ValueError(f"unknown action {kind!r}")
+
+    def _member_down(self, action: Action) -> None:
+        """Start a member episode (the previous one is over and the cluster healthy)."""
+        self._members_settled()
+        kind, target, cluster = action.kind, action.target, self.cluster
+        size = len(cluster.members)
+        if kind == "member-pause-two":
+            victims = [cluster.members[(int(target) + k) % size] for k in (0, 1)]
+        elif kind == "member-blackhole-all":
+            victims = list(cluster.members)
+        else:
+            victims = [self._resolve_member(target, action.ref)]
+        self._episodes[action.ref] = victims  # before the fault: its end undoes a part
+        for member in victims:
+            if kind == "member-kill":
+                cluster.kill(member)
+            elif kind in ("member-pause", "member-pause-two"):
+                cluster.pause(member)
+            elif kind in ("member-blackhole", "member-blackhole-all"):
+                cluster.blackhole(member)  # its client proxy is frozen
+            elif kind == "member-isolate":
+                cluster.isolate(member)  # cut from its peers; clients still reach it
+            elif kind == "member-replace":  # as long as it takes, in its own greenlet
+                self._replacing[action.ref] = gevent.spawn(self._replace, member)
+            else:
+                raise ValueError(f"unknown member fault {kind!r}")
+        self.counts[kind + ("-leader" if target == "leader" else "")] += 1
+        names = [m.name for m in victims]
+        if len(victims) == 1:
+            self.history.record("harness", kind, member=names[0], target=target)
+        else:
+            self.history.record("harness", kind, members=names)
+
+    def _member_up(self, action: Action) -> None:
+        """End a member episode."""
+        kind, cluster = action.kind, self.cluster
+        victims = self._episodes.pop(action.ref)
+        fields: dict[str, Any] = {}
+        if kind == "member-rejoin":
+            cluster.partition([cluster.members])  # one group: no cut left
+        elif kind == "member-replaced":
+            # the next member fault waits until the replace is done: not the schedule
+            replacing = self._replacing.get(action.ref)
+            fields["done"] = replacing is None or replacing.ready()
+        for member in victims:
+            if kind == "member-restart":
+                cluster.restart(member, wait=False)
+            elif kind in ("member-resume", "member-resume-two"):
+                cluster.resume(member)
+            elif kind in ("member-unblackhole", "member-unblackhole-all"):
+                cluster.proxy(member).heal()
+        names = [m.name for m in victims]
+        if len(victims) == 1:
+            self.history.record("harness", kind, member=names[0], **fields)
+        else:
+            self.history.record("harness", kind, members=names, **fields)
+
+    def _replace(self, member: EtcdMember) -> None:
+        """Wipe ``member`` and add it back (``EtcdCluster.replace``), recording when it
+        is done (``member-replace-done``, with how long it took) or how it failed."""
+        started = time.monotonic()
+        try:
+            self.cluster.replace(member, wait=False)
+        except Exception as exc:
+            self.history.record(
+                "harness",
+                "action-failed",
+                kind="member-replace",
+                target=member.name,
+                error=repr(exc),
+            )
+        else:
+            took = time.monotonic() - started
+            self.history.record("harness", "member-replace-done", member=member.name, took=took)
 
     def _steal(self) -> None:
         """Delete the election's leader key behind its holder's back (as an operator
@@ -474,10 +539,14 @@ class Run:
 
     def _members_settled(self, timeout: float = 10.0) -> None:
         """Before taking a member down: the previous one is back and healthy (so at most
-        one is ever down)."""
+        one is ever down); a replace still running is waited for first."""
+        gevent.joinall(list(self._replacing.values()), timeout=60.0)
+        self._replacing = {ref: g for ref, g in self._replacing.items() if not g.ready()}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(m.running and not m.paused for m in self.cluster.members):
+            if not self._replacing and all(
+                m.running and not m.paused for m in self.cluster.members
+            ):
                 try:
                     self.cluster.wait_healthy(timeout=max(0.1, deadline - time.monotonic()))
                     return
@@ -495,9 +564,12 @@ class Run:
             return self.cluster.members[ref % len(self.cluster.members)]
 
     def heal(self, *, ready: str | None = "ready", timeout: float = 30.0) -> float:
-        """End every fault: resume paused processes, respawn killed slots, restart and
-        resume members; wait until the cluster is healthy and respawned processes are
-        ready. Returns (and records as ``healed``) the time it was done."""
+        """End every fault: resume paused processes, respawn killed slots, let a replace
+        finish, restart and resume members, heal their proxies and the network between
+        them; wait until the cluster is healthy and respawned processes are ready.
+        Returns (and records as ``healed``) the time it was done."""
+        gevent.joinall(list(self._replacing.values()), timeout=60.0)
+        self._replacing.clear()
         respawned = []
         for name, slot in self.fleet.slots.items():
             if slot.current is None:

@@ -39,21 +39,26 @@ class History:
             self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
     def follow(self, src: str, stream: IO[bytes]) -> None:
-        """Read JSON lines from a process's stdout until it closes, in a greenlet."""
+        """Read JSON lines from a process's stdout until it closes, in a greenlet (which
+        then closes the pipe: a long run starts hundreds of processes)."""
+        self._readers = [reader for reader in self._readers if not reader.dead]
         self._readers.append(gevent.spawn(self._read, src, stream))
 
     def _read(self, src: str, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            try:
-                entry = json.loads(raw)
-                if not isinstance(entry, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                self.record(src, "garbage", line=raw.decode("utf-8", "replace")[:500])
-                continue
-            entry.setdefault("t", time.monotonic())
-            entry["src"] = src
-            self._add(entry)
+        try:
+            for raw in iter(stream.readline, b""):
+                try:
+                    entry = json.loads(raw)
+                    if not isinstance(entry, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    self.record(src, "garbage", line=raw.decode("utf-8", "replace")[:500])
+                    continue
+                entry.setdefault("t", time.monotonic())
+                entry["src"] = src
+                self._add(entry)
+        finally:
+            stream.close()
         self.record(src, "eof")
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, poll: float = 0.2) -> bool:

@@ -3,11 +3,14 @@
 A :class:`Plan` is a list of timed :class:`Action` s (seconds after the fault phase
 starts) on participant *slots* (a slot is one logical participant; a killed process is
 respawned in its slot as a new generation) and on etcd *members*. Member faults come in
-episodes that never overlap: at most one member is down (killed or paused) at a time,
-so the cluster keeps its quorum, except in ``pause-two`` episodes (if the profile asks
-for them): two members paused together for a short moment, so the cluster is
-unavailable. Only "which member is the raft leader now" is resolved when an action
-runs (target ``leader``); everything else is fixed by the seed.
+episodes that never overlap: at most one member is in trouble at a time (killed,
+paused, cut off from its peers, behind a frozen proxy, or being wiped and re-added), so
+the cluster keeps its quorum, except in ``pause-two`` episodes (if the profile asks for
+them): two members paused together for a short moment, so the cluster is unavailable.
+A ``blackhole-all`` episode (freshness only) freezes every member's client proxy: the
+cluster keeps its quorum, but clients that use the proxies reach no member. Only
+"which member is the raft leader now" is resolved when an action runs (target
+``leader``); everything else is fixed by the seed.
 """
 
 from __future__ import annotations
@@ -20,14 +23,22 @@ from dataclasses import asdict, dataclass, field
 
 #: The kinds of action; ``*-down`` kinds have a matching ``*-up`` with the same ``ref``.
 PARTICIPANT_KINDS = ("kill", "respawn", "pause", "resume", "command")
-MEMBER_KINDS = (
-    "member-kill",
-    "member-restart",
-    "member-pause",
-    "member-resume",
-    "member-pause-two",
-    "member-resume-two",
-)
+#: member episodes: the profile's kind -> (the action that starts it, the one that ends it)
+EPISODES = {
+    "kill": ("member-kill", "member-restart"),
+    "kill-leader": ("member-kill", "member-restart"),
+    "pause": ("member-pause", "member-resume"),
+    "pause-leader": ("member-pause", "member-resume"),
+    "pause-two": ("member-pause-two", "member-resume-two"),
+    "blackhole": ("member-blackhole", "member-unblackhole"),
+    "blackhole-all": ("member-blackhole-all", "member-unblackhole-all"),
+    "isolate": ("member-isolate", "member-rejoin"),
+    "isolate-leader": ("member-isolate", "member-rejoin"),
+    "replace": ("member-replace", "member-replaced"),
+}
+MEMBER_DOWN = tuple(sorted({down for down, _ in EPISODES.values()}))
+MEMBER_UP = tuple(sorted({up for _, up in EPISODES.values()}))
+MEMBER_KINDS = (*MEMBER_DOWN, *MEMBER_UP)
 OTHER_KINDS = ("compact", "steal")
 
 
@@ -63,9 +74,10 @@ class Profile:
     pause_for: tuple[float, float] = (4.0, 5.5)  # past the TTL (set from it)
     short_pause_for: tuple[float, float] = (0.3, 1.5)
     respawn_after: tuple[float, float] = (0.3, 2.5)
-    #: member episodes: kind weights (``kill``, ``pause``, ``kill-leader``,
-    #: ``pause-leader``, ``pause-two``), the gap before each and how long the member
-    #: stays down
+    #: member episodes: kind weights (the keys of :data:`EPISODES`: ``kill``, ``pause``,
+    #: ``kill-leader``, ``pause-leader``, ``pause-two``, ``blackhole``, ``isolate``,
+    #: ``isolate-leader``, ``replace``, ``blackhole-all``), the gap before each and how
+    #: long a member stays killed or paused
     members: int = 3
     member_kinds: dict[str, float] = field(
         default_factory=lambda: {"kill": 2.0, "pause": 1.0, "kill-leader": 1.0, "pause-leader": 0.5}
@@ -74,6 +86,20 @@ class Profile:
     member_down: tuple[float, float] = (1.0, 3.5)
     #: how long both members of a ``pause-two`` episode stay paused
     two_down: tuple[float, float] = (0.5, 1.5)
+    #: how long a member's client proxy stays frozen (long enough, often, for clients'
+    #: liveness probes to notice: keepalive time + timeout = 4 s)
+    blackhole_down: tuple[float, float] = (2.5, 6.5)
+    #: how long a member stays cut off from its peers
+    isolate_down: tuple[float, float] = (2.0, 5.0)
+    #: seconds after a ``replace`` starts when the harness waits for it to be done (it
+    #: takes as long as it takes: the remove, the add and the restart)
+    replace_down: tuple[float, float] = (1.0, 3.0)
+    #: how long every client proxy stays frozen in a ``blackhole-all`` episode (past
+    #: the liveness bound, often, so recipes must say they are stale)
+    all_down: tuple[float, float] = (4.0, 10.0)
+    #: the kind of the first member episode (None: dealt like the others), so that even
+    #: a short run has the fault that matters most to its property
+    opening: str | None = None
     #: no member fault may be in effect during the last ``member_quiet`` seconds
     member_quiet: float = 0.0
     #: seconds between compactions (None: no compaction)
@@ -116,6 +142,45 @@ def _pick(rng: random.Random, weights: dict[str, float]) -> str:
     return rng.choices(names, weights=[weights[n] for n in names])[0]
 
 
+class _Deck:
+    """Member episode kinds dealt from a shuffled deck (each kind as many cards as
+    twice its weight, at least one), reshuffled when it runs out: the kinds are mixed
+    even in a short run, in the proportions of the weights."""
+
+    def __init__(self, rng: random.Random, weights: Mapping[str, float]) -> None:
+        unknown = sorted(set(weights) - set(EPISODES))
+        if unknown:
+            raise ValueError(f"unknown member fault kinds {unknown}; known: {sorted(EPISODES)}")
+        self.rng = rng
+        self.cards = [k for k in sorted(weights) for _ in range(_copies(weights[k]))]
+        self.left: list[str] = []
+
+    def deal(self) -> str:
+        if not self.left:
+            self.left = list(self.cards)
+            self.rng.shuffle(self.left)
+        return self.left.pop()
+
+
+def _copies(weight: float) -> int:
+    return max(1, round(2 * weight)) if weight > 0 else 0
+
+
+def _down_for(profile: Profile, kind: str) -> tuple[float, float]:
+    """How long an episode of ``kind`` lasts (its range)."""
+    if kind == "pause-two":
+        return profile.two_down
+    if kind == "blackhole":
+        return profile.blackhole_down
+    if kind == "blackhole-all":
+        return profile.all_down
+    if kind.startswith("isolate"):
+        return profile.isolate_down
+    if kind == "replace":
+        return profile.replace_down
+    return profile.member_down
+
+
 def make_plan(seed: int, duration: float, profile: Profile) -> Plan:
     """The plan for ``seed``: deterministic for a given seed, duration and profile."""
     rng = random.Random(f"{profile.name}:{seed}:{duration}")
@@ -125,29 +190,20 @@ def make_plan(seed: int, duration: float, profile: Profile) -> Plan:
     # member episodes, one at a time
     end = duration - profile.member_quiet
     t = rng.uniform(*profile.member_gap)
-    while profile.members and profile.member_kinds and t < end - 0.5:
-        kind = _pick(rng, profile.member_kinds)
-        down = rng.uniform(*profile.member_down)
-        up = min(t + down, end)
+    deck = _Deck(rng, profile.member_kinds)
+    opening = profile.opening
+    if opening is not None and opening not in EPISODES:
+        raise ValueError(f"unknown member fault kind {opening!r}; known: {sorted(EPISODES)}")
+    while profile.members and deck.cards and t < end - 0.5:
+        kind, opening = opening or deck.deal(), None
+        up = min(t + rng.uniform(*_down_for(profile, kind)), end)
         member = str(rng.randrange(profile.members))
-        target = "leader" if kind.endswith("-leader") else member
+        # pause-two: this member and the next (no quorum for a moment); blackhole-all:
+        # every member's proxy
+        target = "leader" if kind.endswith("-leader") else "" if kind == "blackhole-all" else member
         ref = next(refs)
-        if kind == "pause-two":  # this one and the next: no quorum for a moment
-            up = min(t + rng.uniform(*profile.two_down), end)
-            actions += [
-                Action(t, "member-pause-two", member, ref),
-                Action(up, "member-resume-two", "", ref),
-            ]
-        elif kind.startswith("kill"):
-            actions += [
-                Action(t, "member-kill", target, ref),
-                Action(up, "member-restart", "", ref),
-            ]
-        else:
-            actions += [
-                Action(t, "member-pause", target, ref),
-                Action(up, "member-resume", "", ref),
-            ]
+        down_kind, up_kind = EPISODES[kind]
+        actions += [Action(t, down_kind, target, ref), Action(up, up_kind, "", ref)]
         t = up + rng.uniform(*profile.member_gap)
 
     # participant faults, each slot on its own timeline

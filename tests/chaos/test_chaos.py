@@ -15,6 +15,7 @@ import pytest
 
 from geventc.recipes.base import STOP_TIMEOUT
 from geventc.testing import EtcdCluster
+from geventc.testing.faults import FaultHarnessUnavailable
 
 from . import checks
 from .harness import Run, Settings
@@ -23,14 +24,19 @@ from .schedule import Profile, make_plan
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 
 SETTINGS = Settings.from_env()
-#: member faults (weights): one member killed or paused (or the raft leader), and now
-#: and then two paused together for a moment (no quorum)
+#: member faults (weights): one member killed, paused, cut off from its peers, behind a
+#: frozen client proxy, or wiped and re-added (or the raft leader killed, paused or cut
+#: off), and now and then two paused together for a moment (no quorum)
 MEMBER_FAULTS = {
-    "kill": 2.0,
+    "kill": 1.0,
     "pause": 1.0,
-    "kill-leader": 1.0,
+    "kill-leader": 0.5,
     "pause-leader": 0.5,
-    "pause-two": 0.4,
+    "pause-two": 0.5,
+    "blackhole": 1.0,
+    "isolate": 1.0,
+    "isolate-leader": 1.0,
+    "replace": 0.5,
 }
 SEEDS = pytest.mark.parametrize("seed", SETTINGS.seeds)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,9 +44,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[EtcdCluster]:
-    """The chaos runs' own 3-member cluster (their faults touch no other test)."""
-    with EtcdCluster(3, fsync=False) as members:
+    """The chaos runs' own 3-member cluster (their faults touch no other test): each
+    member in its own network namespace (so it can be cut off from its peers) behind a
+    fault proxy (so its clients can be cut off from it); participants use the proxies."""
+    try:
+        members = EtcdCluster(3, fsync=False, netns=True, proxied=True).start()
+    except FaultHarnessUnavailable as exc:
+        pytest.skip(f"the chaos runs need member network namespaces: {exc}")
+    try:
         yield members
+    finally:
+        members.stop()
 
 
 def bounded(seconds: float) -> Callable[[F], F]:
@@ -322,7 +336,11 @@ def test_clean_shutdown(
                 "pause": 1.0,
                 "kill-leader": 0.5,
                 "pause-leader": 0.5,
-                "pause-two": 0.4,
+                "pause-two": 0.5,
+                "blackhole": 1.0,
+                "isolate": 0.5,
+                "isolate-leader": 0.5,
+                "replace": 0.5,
             },
             member_gap=(0.2, 0.8),
             member_down=(1.5, 3.5),
@@ -360,3 +378,112 @@ def test_clean_shutdown(
             leftovers[proc.name] = sorted("/" + kv.key_str[len(prefix) :] for kv in found.kvs)
         run.record("final-keys", keys=leftovers)
         run.verdict(checks.check_shutdown(run.history.records))
+
+
+# --- property 5 ------------------------------------------------------------------------
+
+#: the freshness bound is the readers' ``Liveness.stale_after`` plus this margin: the
+#: liveness greenlet checks the data's age once a second (so "stale" comes up to 1 s
+#: after the age passes stale_after), and 1 s for delivery and scheduling on a loaded
+#: machine
+FRESH_MARGIN = 2.0
+#: a write acknowledged less than this long ago may still be on its way to a watch: a
+#: recipe that says it is current again must show every write older than that
+CATCH_UP = 1.0
+#: the member faults of the freshness runs: all of the others, and every client proxy
+#: frozen at once (the cluster is healthy and the writer, on the members' own URLs,
+#: keeps writing: the readers must say they are stale)
+FRESH_FAULTS = {**MEMBER_FAULTS, "blackhole-all": 2.5}
+#: the writer's items per recipe (each value replaces the one FRESH_KEYS before it)
+FRESH_KEYS = 10
+
+
+def fresh_final(run: Run, keys: int) -> dict[str, Any]:
+    """etcd's state of the freshness prefixes: the counter and each recipe's view."""
+    counter = run.client.get(run.key(checks.FRESH_COUNTER))
+    assert counter is not None
+    views = {}
+    for kind, path in checks.FRESH_PATHS.items():
+        if kind == "resolver":
+            path = f"{path}/{checks.FRESH_SERVICE}"
+        prefix = run.key(path + "/")
+        found = run.client.get_prefix(prefix).kvs
+        values = (
+            [json.loads(kv.value)["tags"]["n"] for kv in found]
+            if kind == "resolver"
+            else [kv.value_str for kv in found]
+        )
+        names = [kv.key_str[len(prefix) :] for kv in found]
+        views[kind] = checks.fresh_fingerprint(zip(names, values, strict=True), kind, keys)
+    return {"counter": int(counter.value), "revision": counter.mod_revision, "views": views}
+
+
+@SEEDS
+@bounded(12.0)
+def test_freshness(
+    cluster: EtcdCluster, seed: int, seconds: float, request: pytest.FixtureRequest
+) -> None:
+    readers = [f"f{i}" for i in range(3)]
+    with Run("freshness", seed, cluster, SETTINGS, test_id=request.node.name) as run:
+        start(run, cluster)
+        run.client.put(run.key(checks.FRESH_COUNTER), "0")
+        stale_after = run.client.liveness.stale_after  # the readers' too: same defaults
+        run.record(
+            "params",
+            seconds=seconds,
+            readers=readers,
+            writer="fw",
+            keys=FRESH_KEYS,
+            stale_after=stale_after,
+            bound=stale_after + FRESH_MARGIN,
+            catch_up=CATCH_UP,
+        )
+        for index, slot in enumerate(readers):
+
+            def reader(gen: int, index: int = index) -> list[str]:
+                return [*run.base_args(index), "--keys", str(FRESH_KEYS)]
+
+            run.fleet.add(slot, "fresh", reader)
+        run.fleet.wait_ready(run.fleet.procs(), 30)
+
+        def writer_args(gen: int) -> list[str]:
+            endpoints = run.direct_endpoints_for(gen)  # not the proxies
+            return [
+                "--endpoints",
+                endpoints,
+                "--namespace",
+                run.namespace,
+                "--keys",
+                str(FRESH_KEYS),
+            ]
+
+        run.fleet.wait_ready([run.fleet.add("fw", "freshwriter", writer_args)], 30)
+        profile = Profile(
+            "freshness",
+            slots=["f2", "fw"],
+            # one reader is killed now and then (its new process starts, maybe during a
+            # fault); none is paused: a paused reader cannot say it is stale
+            slot_kinds={"kill": 1.0},
+            kinds_of={"fw": {"kill": 1.0, "short-pause": 1.0}},
+            slot_gap=(3.0, 8.0),
+            member_kinds=FRESH_FAULTS,
+            opening="blackhole-all",
+            all_down=(5.0, 9.0),  # past stale_after, sometimes past the bound
+            compact_every=(3.0, 6.0),
+        )
+        run.execute(make_plan(seed, seconds, profile))
+        run.heal()
+        run.wait(1.0)  # the writer writes on for a moment in a healthy cluster
+        writer = run.fleet.current("fw")
+        assert writer is not None
+        run.fleet.command("fw", "stop")
+
+        def done() -> bool:
+            return any(r["src"] == writer.name and r["ev"] == "done" for r in run.history.records)
+
+        if not run.history.wait_for(done, 30):
+            run.verdict([f"the writer {writer.name} did not stop in time"])
+        run.wait(stale_after + FRESH_MARGIN + 1.5)
+        run.record("observed-until")
+        run.record("final-fresh", **fresh_final(run, FRESH_KEYS))
+        run.verdict(checks.check_freshness(run.history.records))

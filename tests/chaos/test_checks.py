@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
-from . import checks
+from . import checks, resources
 from .history import Record
-from .schedule import Profile, make_plan
+from .schedule import MEMBER_DOWN, MEMBER_UP, Profile, _Deck, make_plan
 
 
 def rec(src: str, ev: str, t: float, **fields: Any) -> Record:
@@ -384,12 +385,141 @@ def test_shutdown_violations_are_found(
     assert any(expected in v for v in found), found
 
 
+# --- property 5 ------------------------------------------------------------------------
+
+KEYS = 3
+
+
+def fv(
+    t: float, n: int, stale: bool | None = False, kind: str = "tracker", src: str = "f0.0"
+) -> Record:
+    """A view of reader ``src``'s recipe ``kind``: the state at value ``n``."""
+    count, total = checks.fresh_state(n, KEYS)
+    return rec(src, "fresh", t, k=kind, n=n, count=count, sum=total, ok=True, stale=stale)
+
+
+def following(kind: str, lo: int = 1, hi: int = 30, src: str = "f0.0") -> list[Record]:
+    """``src``'s recipe ``kind`` shows value n 0.1 s after it was acknowledged (a
+    config's changes say nothing about staleness)."""
+    said = None if kind == "config" else False
+    return [fv(0.5 * n + 0.1, n, said, kind, src) for n in range(lo, hi + 1)]
+
+
+def freshness(*extra: Record, drop: tuple[str, float, float] | None = None) -> list[Record]:
+    """The writer fw.0 acknowledges value n at t = n / 2 (1..30, done at 15.2); the
+    faults stop at t=10; reader f0.0's three recipes follow it 0.1 s behind; the bound
+    is 7 s, so by t=22.2 they must show etcd's final value 30; observed until t=25.
+    ``drop`` = (kind, from, to) leaves out that recipe's views in that span."""
+    views = [fv(0.2, 0, False, kind) for kind in checks.FRESH_KINDS]
+    for kind in checks.FRESH_KINDS:
+        views += following(kind)
+    if drop is not None:
+        kind, lo, hi = drop
+        views = [v for v in views if not (v["k"] == kind and lo <= v["t"] <= hi)]
+    state = dict(zip(("count", "sum"), checks.fresh_state(30, KEYS), strict=True))
+    final = {kind: {"n": 30, **state, "ok": True} for kind in checks.FRESH_KINDS}
+    records = [
+        harness("params", 0.0, bound=7.0, catch_up=1.0, keys=KEYS, readers=["f0"], writer="fw"),
+        harness("spawn", 0.0, proc="f0.0", slot="f0", args=[]),
+        harness("spawn", 0.0, proc="fw.0", slot="fw", args=[]),
+        *(rec("fw.0", "ack", 0.5 * n, n=n, revision=10 + n) for n in range(1, 31)),
+        rec("fw.0", "done", 15.2, value=30),
+        harness("healed", 10.0),
+        *views,
+        *extra,
+        harness("observed-until", 25.0),
+        harness("final-fresh", 25.1, counter=30, revision=40, views=final),
+    ]
+    return sorted(records, key=lambda r: r["t"])
+
+
+def test_fresh_recipes_pass() -> None:
+    assert checks.check_freshness(freshness()) == []
+
+
+def test_a_lag_that_was_said_in_time_passes() -> None:
+    # values 6.. (acknowledged from t=3.0) not shown until t=12.1; stale said at 9.0
+    # (before 3.0 + 7), current again at 12.1 with everything acknowledged by 11.1
+    records = freshness(fv(9.0, 5, True), drop=("tracker", 3.0, 12.0))
+    assert checks.check_freshness(records) == []
+
+
+def test_the_fingerprint_names_each_item() -> None:
+    got = checks.fresh_fingerprint([("s1", "4"), ("s2", "5"), ("s0", "3")], "tracker", KEYS)
+    assert got == {"n": 5, "count": 3, "sum": 12, "ok": True}
+    assert not checks.fresh_fingerprint([("s1", "5")], "tracker", KEYS)["ok"]
+    addresses = [("10.9.0.1:80", "4")]
+    assert checks.fresh_fingerprint(addresses, "resolver", KEYS)["ok"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "drop", "expected"),
+    [
+        # (a) the tracker stops at value 25: not the final state by t=22.2
+        ([], ("tracker", 12.7, 30.0), "by t=22.200 shows value 25"),
+        # (a) the resolver says stale at the end
+        ([fv(23.0, 30, True, "resolver")], None, "at t=23.000 shows value 30"),
+        # (a) the config has shown nothing by then
+        ([], ("config", 0.0, 30.0), "f0.0/config showed nothing"),
+        # (b) silent lag: values 6..23 never shown, nothing said
+        ([], ("tracker", 3.0, 12.0), "stale beyond the bound without saying so: value 6"),
+        # (b) said, but too late: 10.5 > 3.0 + 7
+        ([fv(10.5, 5, True)], ("tracker", 3.0, 12.0), "no stale=True in effect at t=10.000"),
+        # (b) said, then taken back while still behind
+        (
+            [fv(8.0, 5, True), fv(9.5, 5, False)],
+            ("tracker", 3.0, 12.0),
+            "said stale=False at t=9.500 while behind: it showed value 5, but value 6 had "
+            "been acknowledged 6.5s before and 17 at t=8.500 (it showed 17 2.600s later)",
+        ),
+        # a config that shows a state that never was
+        (
+            [rec("f0.0", "fresh", 4.0, k="config", n=7, count=3, sum=99, ok=True, stale=None)],
+            None,
+            "views are no state of the writer's",
+        ),
+        ([fv(6.0, 2, None, "config")], None, "f0.0/config went back from value 11 to 2"),
+        (
+            [rec("f0.0", "recipe-error", 5.0, k="resolver", error="boom", fatal=True)],
+            None,
+            "f0.0/resolver: its recipe ended: boom",
+        ),
+        ([rec("fw.0", "ack", 15.1, n=31, revision=99)], None, "value 31 was acknowledged"),
+    ],
+)
+def test_freshness_violations_are_found(
+    extra: list[Record], drop: tuple[str, float, float] | None, expected: str
+) -> None:
+    found = checks.check_freshness(freshness(*extra, drop=drop))
+    assert any(expected in v for v in found), found
+
+
+def test_a_killed_reader_owes_nothing_after_its_death() -> None:
+    records = freshness(harness("kill", 5.0, proc="f0.0"), drop=("tracker", 5.0, 30.0))
+    records = [r for r in records if not (r["src"] == "f0.0" and r["t"] > 5.0)]
+    assert checks.check_freshness(records) == []
+    # ... but what it owed while it lived stands: values from 1.5 on, never shown
+    early = freshness(harness("kill", 9.0, proc="f0.0"), drop=("tracker", 1.5, 30.0))
+    early = [r for r in early if not (r["src"] == "f0.0" and r["t"] > 9.0)]
+    found = checks.check_freshness(early)
+    assert any("f0.0/tracker was stale beyond the bound" in v for v in found), found
+
+
 # --- schedule ----------------------------------------------------------------------------
 
 PROFILE = Profile(
     "test",
     slots=["e0", "e1", "e2"],
-    member_kinds={"kill": 1.0, "pause-leader": 1.0, "pause-two": 1.0},
+    member_kinds={
+        "kill": 1.0,
+        "pause-leader": 1.0,
+        "pause-two": 1.0,
+        "blackhole": 1.0,
+        "isolate": 0.5,
+        "isolate-leader": 0.5,
+        "replace": 0.5,
+        "blackhole-all": 0.5,
+    },
     member_quiet=3.0,
     compact_every=(2.0, 4.0),
 )
@@ -406,10 +536,10 @@ def test_member_faults_never_overlap_and_every_fault_ends(seed: int) -> None:
     down: dict[int, float] = {}
     for action in plan.actions:
         assert 0 <= action.at <= 30.0
-        if action.kind in ("member-kill", "member-pause", "member-pause-two"):
+        if action.kind in MEMBER_DOWN:
             assert not down, f"two member faults at once at {action.at}"
             down[action.ref] = action.at
-        elif action.kind in ("member-restart", "member-resume", "member-resume-two"):
+        elif action.kind in MEMBER_UP:
             assert down.pop(action.ref) <= action.at <= 30.0 - PROFILE.member_quiet
     assert not down
     slots_down: set[str] = set()
@@ -421,10 +551,80 @@ def test_member_faults_never_overlap_and_every_fault_ends(seed: int) -> None:
             slots_down.remove(action.target)
     assert not slots_down
     counts = plan.counts()
-    assert counts.get("member-kill", 0) + counts.get("member-pause", 0) > 3
+    assert sum(counts.get(kind, 0) for kind in MEMBER_DOWN) > 3
     assert counts.get("compact", 0) > 3
 
 
 def test_some_plans_take_the_quorum_away_for_a_moment() -> None:
     plans = [make_plan(seed, 30.0, PROFILE) for seed in range(20)]
     assert sum(plan.counts().get("member-pause-two", 0) for plan in plans) >= 5
+
+
+def test_every_member_fault_kind_comes_up_and_targets_what_it_should() -> None:
+    actions = [a for seed in range(10) for a in make_plan(seed, 30.0, PROFILE).actions]
+    kinds = {a.kind for a in actions}
+    assert set(MEMBER_DOWN) <= kinds, set(MEMBER_DOWN) - kinds
+    for action in actions:
+        if action.kind == "member-blackhole-all":
+            assert action.target == ""
+        elif action.kind == "member-isolate":
+            assert action.target in ("leader", "0", "1", "2")
+        elif action.kind in ("member-blackhole", "member-replace", "member-pause-two"):
+            assert action.target in ("0", "1", "2")
+
+
+def test_member_faults_are_dealt_from_a_deck() -> None:
+    # each round of the deck holds every kind, twice its weight times: a short run
+    # gets varied faults, a long one the weights' proportions
+    deck = _Deck(random.Random(1), {"kill": 1.0, "isolate": 0.5, "replace": 0.2, "pause": 0})
+    for _ in range(3):
+        dealt = sorted(deck.deal() for _ in range(4))
+        assert dealt == ["isolate", "kill", "kill", "replace"]
+
+
+def test_a_profile_can_open_with_a_chosen_fault() -> None:
+    opening = Profile("x", member_kinds={"kill": 1.0}, opening="blackhole-all")
+    for seed in range(5):
+        downs = [a.kind for a in make_plan(seed, 20.0, opening).actions if a.kind in MEMBER_DOWN]
+        assert downs[0] == "member-blackhole-all" and set(downs[1:]) == {"member-kill"}
+
+
+def test_an_unknown_member_fault_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown member fault kinds"):
+        make_plan(1, 10.0, Profile("x", member_kinds={"explode": 1.0}))
+
+
+# --- resources ---------------------------------------------------------------------------
+
+
+def test_resources_are_reported_per_process_and_kind() -> None:
+    mib = 2**20
+    records = [
+        rec("harness", "resources", 0.0, rss=100 * mib, fds=20, greenlets=50),
+        rec("e0.0", "resources", 0.0, rss=30 * mib, fds=10, greenlets=12),
+        rec("e0.0", "resources", 30.0, rss=31 * mib, fds=11, greenlets=12),
+        rec("e1.2", "resources", 40.0, rss=29 * mib, fds=9, greenlets=10),
+        rec("harness", "resources", 60.0, rss=101 * mib, fds=21, greenlets=52),
+    ]
+    found = resources.series(records)
+    assert {s.src: s.kind for s in found} == {"harness": "harness", "e0.0": "e", "e1.2": "e"}
+    lines = resources.report(found)
+    assert lines[0].startswith("e0.0 0s:30.0M/10fd/12g  30s:31.0M/11fd/12g")
+    summary = {line.split()[0]: line.split() for line in lines[lines.index("") + 2 :]}
+    assert summary["e"][1:4] == ["2", "e0.0", "30s"]
+    assert summary["e"][5:] == ["30.0/31.0/31.0", "10/11/11", "12/12/12"]
+    assert summary["harness"][5:] == ["100.0/101.0/101.0", "20/21/21", "50/52/52"]
+    # several histories: participants are told apart by their run, the harness is one
+    merged = resources.merge([resources.series(records, "a-1"), resources.series(records, "b-1")])
+    assert sorted(s.src for s in merged) == [
+        "a-1:e0.0",
+        "a-1:e1.2",
+        "b-1:e0.0",
+        "b-1:e1.2",
+        "harness",
+    ]
+
+
+def test_a_process_samples_its_own_resources() -> None:
+    now = resources.sample()
+    assert now["rss"] > 10 * 2**20 and now["fds"] >= 3 and now["greenlets"] >= 1

@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
+from gevent.event import Event
 from gevent.fileobject import FileObjectPosix
 
 import geventc
+
+from .. import resources
 
 
 def emit(ev: str, **fields: Any) -> None:
@@ -55,6 +58,32 @@ def commands() -> Iterator[str]:
             yield line
 
 
+def stop_on_command() -> Event:
+    """An event set when the harness sends ``stop`` (read in a greenlet of its own)."""
+    stop = Event()
+
+    def follow() -> None:
+        for line in commands():
+            if line == "stop":
+                stop.set()
+
+    gevent.spawn(follow)
+    return stop
+
+
+def read_counter(conn: geventc.Connector, key: str) -> tuple[int, int]:
+    """The integer stored at ``key`` and its revision (retried until etcd answers)."""
+    while True:
+        try:
+            kv = conn.get(key)
+            if kv is None:
+                raise RuntimeError(f"{key} does not exist; the harness creates it")
+            return int(kv.value), kv.mod_revision
+        except geventc.EtcdError as exc:
+            emit("error", op="read", error=repr(exc))
+            gevent.sleep(0.05)
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a participant: log to stderr, report a crash as a record, exit 1 on it."""
     logging.basicConfig(
@@ -63,6 +92,7 @@ def run(main: Callable[[], None]) -> None:
         format=f"%(relativeCreated)8.0fms {os.getpid()} %(levelname)s %(name)s: %(message)s",
     )
     emit("start", pid=os.getpid(), argv=sys.argv[1:])
+    gevent.spawn(resources.sample_forever, emit)  # RSS, fds, greenlets every 30 s
     try:
         main()
     except (KeyboardInterrupt, SystemExit):

@@ -11,14 +11,16 @@ of ``/seq/items``). Records:
 - ``snap`` (c, r, n, count, sum, names_ok, error): one tracker snapshot (see
   :func:`track`);
 - ``recipe-error`` (c, error, fatal, compacted, compact_revision, next): a problem the
-  consumer was told of on its channel (``next``: the revision the observer needed).
+  consumer was told of on its channel (``next``: the revision the observer needed);
+- ``staleness`` (c, stale, age, r): an observer said its events may not be current
+  (or are again).
 """
 
 from __future__ import annotations
 
 import gevent
 
-from geventc import Connector, RecipeError, ServiceSnapshot, WatchEvent
+from geventc import Connector, RecipeError, ServiceSnapshot, Staleness, WatchEvent
 from geventc.errors import Compacted, EtcdError
 
 from . import common
@@ -90,6 +92,9 @@ def observe(conn: Connector, name: str, path: str, recursive: bool, first: int) 
         for item in channel:
             if isinstance(item, WatchEvent):
                 batch.add(item)
+            elif isinstance(item, Staleness):  # said, not checked here (see freshness)
+                batch.flush()
+                common.emit("staleness", c=name, stale=item.stale, age=item.age, r=item.revision)
             else:
                 batch.flush()
                 report(name, item, observer.next_revision)

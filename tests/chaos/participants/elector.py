@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import time
 
-import gevent
-from gevent.event import Event
-
 from geventc import ElectionEvent, Op
 from geventc.errors import EtcdError, NotLeader
 
@@ -35,14 +32,7 @@ def main() -> None:
     conn = common.connect(args)
     elector = conn.leader_elector(args.path, args.identity, ttl=args.ttl)
     channel = elector.start()
-    stop = Event()
-
-    def follow_commands() -> None:
-        for line in common.commands():
-            if line == "stop":
-                stop.set()
-
-    gevent.spawn(follow_commands)
+    stop = common.stop_on_command()
     attempt = refused_locally = 0
     while not stop.is_set():
         while (event := channel.get_nowait()) is not None:

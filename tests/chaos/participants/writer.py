@@ -13,7 +13,7 @@ import time
 
 import gevent
 
-from geventc import Compare, Connector, Op, RangeResult
+from geventc import Compare, Op, RangeResult
 from geventc.errors import EtcdError
 
 from . import common
@@ -22,26 +22,13 @@ COUNTER = "/seq/counter"
 ITEMS = 50
 
 
-def read_counter(conn: Connector) -> tuple[int, int]:
-    """The stored value and its revision (retried until etcd answers)."""
-    while True:
-        try:
-            kv = conn.get(COUNTER)
-            if kv is None:
-                raise RuntimeError("the counter does not exist; the harness creates it")
-            return int(kv.value), kv.mod_revision
-        except EtcdError as exc:
-            common.emit("error", op="read", error=repr(exc))
-            gevent.sleep(0.05)
-
-
 def main() -> None:
     parser = common.options(__doc__ or "")
     parser.add_argument("--count", type=int, required=True, help="N")
     parser.add_argument("--rate", type=float, default=0.0, help="writes per second (0: max)")
     args = parser.parse_args()
     conn = common.connect(args)
-    value, revision = read_counter(conn)
+    value, revision = common.read_counter(conn, COUNTER)
     common.emit("resume", value=value, revision=revision)
     common.emit("ready")
     started = time.monotonic()
@@ -60,7 +47,7 @@ def main() -> None:
             )
         except EtcdError as exc:  # maybe applied: the next read tells
             common.emit("error", op="write", n=n, error=repr(exc))
-            value, revision = read_counter(conn)
+            value, revision = common.read_counter(conn, COUNTER)
             if value >= n:
                 common.emit("ack", n=n, revision=revision if value == n else 0, late=True)
             continue
