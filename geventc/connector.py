@@ -21,6 +21,7 @@ from . import validate
 from .client import Client
 from .endpoints import parse_endpoint
 from .errors import ClientClosed, InvalidArgument
+from .instances import DEFAULT_PREFIX, DEFAULT_WEIGHT
 from .lease import LeaseKeeper
 from .liveness import Liveness
 from .namespace import Namespace
@@ -285,7 +286,7 @@ class Connector:
     def registry(
         self,
         *,
-        prefix: str = "kitex/registry-etcd",
+        prefix: str = DEFAULT_PREFIX,
         ttl: int | None = None,
         retry: RetryPolicy | None = None,
         format: str = "kitex",
@@ -298,8 +299,8 @@ class Connector:
     def resolver(
         self,
         *,
-        prefix: str = "kitex/registry-etcd",
-        default_weight: int = 10,
+        prefix: str = DEFAULT_PREFIX,
+        default_weight: int = DEFAULT_WEIGHT,
         format: str = "kitex",
         strategy: str = "round_robin",
     ) -> Resolver:

@@ -111,6 +111,13 @@ class RecipeHost(Protocol):
         """A resumable watch."""
         ...
 
+    def grant(self, ttl: int, lease_id: int = ...) -> Lease:
+        """A new lease of ``ttl`` seconds."""
+        ...
+
+    def revoke(self, lease: int | Lease) -> None:
+        """Revoke a lease (and delete its keys)."""
+
     def members(self) -> list[Member]:
         """The cluster's members."""
         ...

@@ -204,7 +204,7 @@ def encode(instance: Instance, fmt: str = "kitex") -> bytes:
     """The stored value of ``instance`` in format ``fmt``."""
     if not isinstance(instance, Instance):
         raise InvalidArgument(f"encode() takes a geventc.Instance, not {type(instance).__name__}")
-    _check_format(fmt)
+    check_format(fmt)
     fields = (
         f'"network":{go_string(instance.network)},"address":{go_string(instance.address)},'
         f'"weight":{instance.weight},"tags":{go_string_map(instance.tags)}'
@@ -226,7 +226,7 @@ def decode(
     Raises :class:`ProtocolError` for a malformed value."""
     if not isinstance(value, bytes | bytearray | str):
         raise InvalidArgument(f"value must be bytes, not {type(value).__name__}")
-    _check_format(fmt)
+    check_format(fmt)
     if type(default_weight) is not int or default_weight < 1:  # bool is not a weight
         raise InvalidArgument("default_weight must be a positive int")
     try:
@@ -252,6 +252,19 @@ def decode(
         raise ProtocolError(f"malformed {fmt} instance value {value[:100]!r}: {exc}") from None
 
 
-def _check_format(fmt: object) -> None:
+#: Where Kitex's registry-etcd keeps instances by default.
+DEFAULT_PREFIX = "kitex/registry-etcd"
+
+
+def check_prefix(prefix: object) -> str:
+    """A registry prefix: a non-empty str, used without a trailing '/'."""
+    if not isinstance(prefix, str) or not prefix.strip("/"):
+        raise InvalidArgument("prefix must be a non-empty str such as 'kitex/registry-etcd'")
+    return prefix.rstrip("/")
+
+
+def check_format(fmt: object) -> str:
+    """One of the supported value formats."""
     if fmt not in FORMATS:
         raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return str(fmt)

@@ -24,7 +24,7 @@ import gevent
 from . import validate
 from .channel import Channel
 from .errors import InvalidArgument, RecipeStateError
-from .instances import FORMATS, Instance, encode
+from .instances import DEFAULT_PREFIX, Instance, check_format, check_prefix, encode
 from .recipes.base import RELEASED, Recipe, RecipeError, Release
 from .recipes.ephemeral import EphemeralEvent, EphemeralKey
 from .retry import RetryPolicy
@@ -35,23 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geventc")
 
-DEFAULT_PREFIX = "kitex/registry-etcd"
 DEFAULT_TTL = 60
 ENV_TTL = "KITEX_ETCD_REGISTRY_LEASE_TTL"
-
-
-def check_prefix(prefix: object) -> str:
-    """A registry prefix: a non-empty str, used without a trailing '/'."""
-    if not isinstance(prefix, str) or not prefix.strip("/"):
-        raise InvalidArgument("prefix must be a non-empty str such as 'kitex/registry-etcd'")
-    return prefix.rstrip("/")
-
-
-def check_format(fmt: object) -> str:
-    """One of the supported value formats."""
-    if fmt not in FORMATS:
-        raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return str(fmt)
 
 
 def _ttl_from_env(ttl: int | None) -> int:

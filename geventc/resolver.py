@@ -27,9 +27,8 @@ from gevent.event import Event
 from . import validate
 from .channel import Channel
 from .errors import InvalidArgument, NoInstances, ProtocolError, RecipeStateError, Timeout
-from .instances import DEFAULT_WEIGHT, Instance, decode
+from .instances import DEFAULT_PREFIX, DEFAULT_WEIGHT, Instance, check_format, check_prefix, decode
 from .recipes.base import Recipe, Release
-from .registry import DEFAULT_PREFIX, check_format, check_prefix
 from .watch import PrefixUpdate, PrefixWatch
 
 if TYPE_CHECKING:

@@ -11,7 +11,6 @@ iteration from any greenlet.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -19,10 +18,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
-import urllib3
-from urllib3.exceptions import HTTPError
 
 from . import errors, status, wire
+from .http import HTTPStream, StreamBroken
 from .wire import JSON, WatchResponse
 
 if TYPE_CHECKING:
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geventc")
 
-_READ_SIZE = 65536
 _RETRY_PAUSE = 0.05
 _AUTH_REASONS = status.TOKEN_EXPIRED_MESSAGES
 
@@ -60,10 +57,9 @@ class WatchStream:
         self._liveness = liveness
         self.confirmed_at = 0.0
         self._request = request
-        self._response: urllib3.BaseHTTPResponse | None = None
+        self._stream: HTTPStream | None = None
         self._endpoint = ""
         self._token: str | None = None
-        self._buffer = b""
         self._cancelled = False
         self._reading = False
         self._seen_revision = 0
@@ -93,7 +89,7 @@ class WatchStream:
     @property
     def endpoint(self) -> str:
         """The endpoint the watch is established on now, or ``""`` while it is not."""
-        return self._endpoint if self._response is not None else ""
+        return self._endpoint if self._stream is not None else ""
 
     def confirm(self, at: float) -> None:
         """Its member answered a liveness probe sent at ``at``: current as of then."""
@@ -102,7 +98,7 @@ class WatchStream:
     def stall(self, reason: str) -> None:
         """Its member stopped answering (``reason``): cut the connection, so the
         iteration resumes on another endpoint from the next revision."""
-        if self._response is None or self._cancelled:
+        if self._stream is None or self._cancelled:
             return
         log.info("watch on %s stalled (%s)", self._endpoint, reason)
         if self._reading:
@@ -139,7 +135,7 @@ class WatchStream:
         refusals = 0  # consecutive re-establishments refused outright
         while not self._cancelled:
             try:
-                if self._response is None:
+                if self._stream is None:
                     self._connect(outage_deadline or time.monotonic() + self._transport.timeout)
                     refusals = 0
                 response = self._accept(self._next_message())
@@ -174,7 +170,7 @@ class WatchStream:
             try:
                 self._connect(deadline)
                 return
-            except (_StreamEnded, HTTPError, OSError, errors.ProtocolError, errors.Timeout) as exc:
+            except (_StreamEnded, StreamBroken, errors.ProtocolError, errors.Timeout) as exc:
                 self._broken(exc)
                 if tried >= len(self._transport.endpoints) or time.monotonic() >= deadline:
                     raise _as_error(exc, self._endpoint) from None
@@ -183,12 +179,12 @@ class WatchStream:
         body = dict(self._request)
         if self.start_revision:
             body["start_revision"] = str(self.start_revision)
-        response, endpoint = self._transport.open_stream(
+        stream = self._transport.open_stream(
             "/v3/watch", {"create_request": body}, timeout=max(0.001, deadline - time.monotonic())
         )
-        self._response, self._endpoint, self._buffer = response, endpoint, b""
+        self._stream, self._endpoint = stream, stream.endpoint
         self._token = self._transport.token
-        late = errors.Timeout("etcd did not confirm the watch in time", endpoint=endpoint)
+        late = errors.Timeout("etcd did not confirm the watch in time", endpoint=stream.endpoint)
         with gevent.Timeout(max(0.001, deadline - time.monotonic()), late):
             while True:
                 created = self._decode(self._next_message())
@@ -201,7 +197,7 @@ class WatchStream:
                 f"{created.header.revision} (its data was lost or replaced): the history "
                 "this watch needs is gone",
                 compact_revision=created.header.revision,
-                endpoint=endpoint,
+                endpoint=stream.endpoint,
             )
         self._seen_revision = max(self._seen_revision, created.header.revision)
         self.confirmed_at = time.monotonic()
@@ -269,42 +265,27 @@ class WatchStream:
         raise status.error_from_fields(None, reason or "watch canceled by etcd", self._endpoint)
 
     def _next_message(self) -> Any:
-        while b"\n" not in self._buffer:
-            response = self._response
-            if response is None:
-                raise _StreamEnded("stream closed")
-            chunk = response.read1(_READ_SIZE)
-            if not chunk:
-                raise _StreamEnded("etcd closed the watch stream")
-            self._buffer += chunk
-            if len(self._buffer) > self._transport.max_response_bytes:
-                raise errors.ProtocolError(
-                    "a watch message is larger than Transport.max_response_bytes",
-                    endpoint=self._endpoint,
-                )
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        if not line.strip():
-            return self._next_message()
+        stream = self._stream
+        if stream is None:
+            raise _StreamEnded("stream closed")
+        line = stream.read_line(self._transport.max_response_bytes)
+        if not line:
+            raise _StreamEnded("etcd closed the watch stream")
         try:
             return json.loads(line)
         except (ValueError, RecursionError):
             raise errors.ProtocolError("malformed watch message", endpoint=self._endpoint) from None
 
     def _interrupt(self) -> None:
-        if self._response is not None:
-            with contextlib.suppress(ValueError, RuntimeError, OSError):
-                self._response.shutdown()
+        if self._stream is not None:
+            self._stream.interrupt()
 
     def _drop_connection(self) -> None:
         if self._liveness is not None:
             self._liveness.detach(self)
-        self._interrupt()
-        response, self._response = self._response, None
-        if response is None:
-            return
-        with contextlib.suppress(OSError, HTTPError):
-            response.close()
-            response.release_conn()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
     def _fail(self) -> None:
         self._cancelled = True
@@ -316,8 +297,7 @@ class _StreamEnded(Exception):
 
 
 _TRANSIENT = (
-    HTTPError,
-    OSError,
+    StreamBroken,
     errors.Unavailable,
     errors.ConnectionFailed,
     errors.Timeout,

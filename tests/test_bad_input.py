@@ -134,29 +134,12 @@ def test_bare_host_port_means_http() -> None:
     assert Client("127.0.0.1:2379").endpoints == ["http://127.0.0.1:2379"]
 
 
-def test_unpatched_process_gets_not_patched() -> None:
-    script = textwrap.dedent(
+def _not_patched(prelude: str) -> str:
+    """What ``Client(...)`` says in a fresh process after ``prelude`` (the imports and
+    patching a program did first)."""
+    script = textwrap.dedent(prelude) + textwrap.dedent(
         """
         from geventc import Client
-        from geventc.errors import NotPatched
-        try:
-            Client(["http://127.0.0.1:2379"])
-        except NotPatched as exc:
-            print("NotPatched:", exc)
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert "NotPatched:" in out.stdout and "gevent.monkey.patch_all()" in out.stdout
-
-
-def test_a_geventc_name_imported_before_patching_is_named_in_not_patched() -> None:
-    # the message said "urllib3 was imported before patching ... importing geventc itself
-    # is fine" to a user whose only import was `from geventc import Client`
-    script = textwrap.dedent(
-        """
-        from geventc import Client
-        from gevent import monkey
-        monkey.patch_all()
         from geventc.errors import NotPatched
         try:
             Client(["http://127.0.0.1:2379"])
@@ -168,8 +151,25 @@ def test_a_geventc_name_imported_before_patching_is_named_in_not_patched() -> No
         [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, check=True
     )
     assert "NotPatched:" in out.stdout, out.stderr
-    assert "`from geventc import Client`" in out.stdout
-    assert "before importing names from geventc" in out.stdout
+    return out.stdout
+
+
+def test_unpatched_process_gets_not_patched() -> None:
+    assert "gevent.monkey.patch_all()" in _not_patched("")
+
+
+def test_a_geventc_name_imported_before_patching_is_named_in_not_patched() -> None:
+    # the message said "urllib3 was imported before patching ... importing geventc itself
+    # is fine" to a user whose only import was `from geventc import Client`
+    said = _not_patched(
+        """
+        from geventc import Client
+        from gevent import monkey
+        monkey.patch_all()
+        """
+    )
+    assert "`from geventc import Client`" in said
+    assert "before importing names from geventc" in said
 
 
 def test_import_geventc_loads_no_network_module() -> None:
@@ -179,20 +179,11 @@ def test_import_geventc_loads_no_network_module() -> None:
 
 
 def test_urllib3_imported_before_patching_gets_not_patched() -> None:
-    script = textwrap.dedent(
+    said = _not_patched(
         """
         import urllib3
         from gevent import monkey
         monkey.patch_all()
-        from geventc import Client
-        from geventc.errors import NotPatched
-        try:
-            Client(["http://127.0.0.1:2379"])
-        except NotPatched as exc:
-            print("NotPatched:", exc)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, check=True
-    )
-    assert "NotPatched:" in out.stdout and "before importing urllib3" in out.stdout
+    assert "before importing urllib3" in said

@@ -6,6 +6,7 @@ import time
 
 import gevent
 import pytest
+from helpers.waiting import wait_until
 
 from geventc import Client, PutResult
 from geventc.errors import ConnectionFailed, IndeterminateWrite
@@ -76,8 +77,9 @@ def test_write_in_flight_when_member_dies_is_ok_or_indeterminate(
     client = _client_on(etcd_cluster, used.client_url, timeout=10)
     client.put(etcd_cluster.key("warm"), "connection")  # pool a connection to the member
     cluster.pause(used)  # the member accepts the request but cannot answer it
+    sent = client.transport.requests
     writer = gevent.spawn(client.put, etcd_cluster.key("inflight"), "v")
-    gevent.sleep(0.3)
+    wait_until(lambda: client.transport.requests > sent, 5, "the put to be sent")
     assert not writer.ready()
     cluster.kill(used)
     writer.join(timeout=10)

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -15,6 +14,7 @@ import pytest
 from gevent.event import Event
 from helpers.channels import next_of
 from helpers.gate import Gate
+from helpers.waiting import wait_until
 
 import geventc
 from geventc import Channel, Client, Connector, RecipeError
@@ -26,31 +26,11 @@ from geventc.testing.plugin import EtcdTestContext
 Changes = Channel[ConfigChange | RecipeError]
 
 
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[Connector]:
-    """A connector whose namespace is the test's private prefix."""
-    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
-        yield connector
-
-
-@pytest.fixture
-def private_server() -> Iterator[EtcdServer]:
-    """A server of this test alone, to kill, restart and compact."""
-    with EtcdServer(fsync=False) as server:
-        yield server
-
-
-def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait (polling) until ``condition()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        gevent.sleep(0.01)
-
-
 def caught_up(cfg: ConfigWatcher, revision: int, timeout: float = 10.0) -> None:
     """Wait until the watcher has handled every change up to ``revision``."""
-    until(lambda: cfg.revision >= revision, f"the watcher to reach revision {revision}", timeout)
+    wait_until(
+        lambda: cfg.revision >= revision, timeout, f"the watcher to reach revision {revision}"
+    )
 
 
 def drain(channel: Changes) -> tuple[list[ConfigChange], list[RecipeError]]:
@@ -212,7 +192,7 @@ def test_follows_1000_rapid_concurrent_updates_and_ends_equal_to_the_server(
         expected = [None if i % 10 == 4 else f"{k}-{i}" for i in range(per_key)]
         assert [c.new for c in mine] == expected
         assert [c.old for c in mine] == [None, *expected[:-1]]
-    until(lambda: len(called) == 1000, "every callback")
+    wait_until(lambda: len(called) == 1000, 10, "every callback")
     assert sorted(c.revision for c in called) == written
     cfg.stop()
 
@@ -320,11 +300,12 @@ def test_callbacks_run_in_their_own_greenlets_and_a_slow_one_delays_nobody(
     channel = cfg.start()
     revisions = [conn.put(f"/cb/k{i}", str(i)).header.revision for i in range(5)]
     assert [c.revision for c in read_changes(channel, 5)] == revisions  # not held up
-    until(lambda: len(fast_calls) == 5, "the fast callback")
+    wait_until(lambda: len(fast_calls) == 5, 10, "the fast callback")
     assert [c.revision for c, _ in fast_calls] == revisions  # started in revision order
     greenlets = {g for _, g in fast_calls}
     assert len(greenlets) == 5 and gevent.getcurrent() not in greenlets
-    until(lambda: len(slow_calls) == 5, "every slow call to start")  # each its own greenlet
+    # each slow call in its own greenlet
+    wait_until(lambda: len(slow_calls) == 5, 10, "every slow call to start")
     assert not release.is_set()
 
     def logged_bugs() -> int:
@@ -333,7 +314,7 @@ def test_callbacks_run_in_their_own_greenlets_and_a_slow_one_delays_nobody(
             for r in caplog.records
         )
 
-    until(lambda: logged_bugs() == 5, "the callback errors to be logged")
+    wait_until(lambda: logged_bugs() == 5, 10, "the callback errors to be logged")
     assert cfg.running and dict(cfg) == {f"k{i}": str(i) for i in range(5)}
     started = time.monotonic()
     cfg.stop()  # the blocked callbacks do not hold the stop up
@@ -354,7 +335,7 @@ def test_a_callback_may_stop_its_own_watcher(conn: Connector) -> None:
     written = conn.put("/selfstop/a", "1").header.revision
     reader = gevent.spawn(list, channel)
     assert reader.get(timeout=5) == [ConfigChange("a", None, "1", written)]
-    until(lambda: finished == [False], "the callback to finish")
+    wait_until(lambda: finished == [False], 10, "the callback to finish")
     assert conn.hub.streams == 0
 
 

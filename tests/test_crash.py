@@ -5,11 +5,11 @@ the connector's group, so ``close()`` ends them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import pytest
+from helpers.waiting import wait_until
 
 import geventc
 from geventc import Channel, ElectionEvent, ElectionStatus, EphemeralKey, HealthMonitor, RecipeError
@@ -19,19 +19,6 @@ from geventc.testing.plugin import EtcdTestContext
 #: how long releasing after a crash may take (Recipe.stop's bound, with room for a
 #: loaded machine)
 RELEASE_BOUND = 5.0
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
-        yield connector
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        gevent.sleep(0.01)
 
 
 def _read_to_the_end(channel: Channel[Any], timeout: float) -> list[Any]:
@@ -79,7 +66,7 @@ def test_a_crashed_leader_resigns_and_another_candidate_leads(conn: geventc.Conn
     _fatal_crash(_read_to_the_end(leader.channel, RELEASE_BOUND))
     assert not leader.running
     assert [kv.value for kv in conn.get_prefix("/crash/").kvs] == [b"next"]
-    _wait_until(lambda: lease_id not in conn.leases(), RELEASE_BOUND, "revoking its lease")
+    wait_until(lambda: lease_id not in conn.leases(), RELEASE_BOUND, "revoking its lease")
     print(f"the next candidate led {took:.3f}s after the crash")
     follower.stop()
 
@@ -99,7 +86,7 @@ def test_a_crashed_ephemeral_key_releases_its_key_and_lease(
     _fatal_crash(_read_to_the_end(key.channel, RELEASE_BOUND))
     assert not key.running
     assert conn.lease_keeper.leases() == []  # its share of the lease dropped
-    _wait_until(lambda: lease.id not in conn.leases(), RELEASE_BOUND, "revoking the lease")
+    wait_until(lambda: lease.id not in conn.leases(), RELEASE_BOUND, "revoking the lease")
     assert conn.get("/crash/k") is None
 
 
@@ -131,9 +118,9 @@ def test_member_checks_end_with_the_monitor(
     try:
         monitor = conn.health_monitor()
         monitor.start(interval=60)
-        _wait_until(lambda: bool(checks), 5, "a member check")
+        wait_until(lambda: bool(checks), 5, "a member check")
         monitor.stop() if end == "stop" else conn.close()
-        _wait_until(lambda: all(g.dead for g in checks), RELEASE_BOUND, "ending the checks")
+        wait_until(lambda: all(g.dead for g in checks), RELEASE_BOUND, "ending the checks")
     finally:
         conn.close()
 
@@ -160,11 +147,11 @@ def test_a_crashed_shared_watch_restarts_and_later_subscribers_get_its_state(
     conn.hub.subscribe(b"/w/", reports.append)  # sees every update, unlike a snapshot channel
     first = conn.service_tracker("/w")
     first.start()
-    _wait_until(lambda: bool(crashes), 5, "the crash")
-    _wait_until(lambda: any(u.error is not None for u in reports), 5, "the crash's report")
+    wait_until(lambda: bool(crashes), 5, "the crash")
+    wait_until(lambda: any(u.error is not None for u in reports), 5, "the crash's report")
     conn.put("/w/b", "2")
     later = conn.service_tracker("/w")
     later.start()
     for tracker in (first, later):
-        _wait_until(lambda t=tracker: dict(t.services) == {"a": "1", "b": "2"}, 10, "the put")
+        wait_until(lambda t=tracker: dict(t.services) == {"a": "1", "b": "2"}, 10, "the put")
     assert conn.hub.streams == 1

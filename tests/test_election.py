@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.waiting import wait_until
 
 import geventc
 from geventc import ElectionEvent, ElectionStatus, LeaderElector, Op
@@ -36,12 +36,6 @@ def wait_for(
         event = next_status(elector, max(0.01, deadline - time.monotonic()))
         if event.status is status:
             return event
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
-        yield connector
 
 
 def test_single_candidate_leads_with_a_fencing_token(conn: geventc.Connector) -> None:
@@ -213,12 +207,6 @@ def test_paused_leader_reports_lost_first_when_resumed(etcd: EtcdTestContext) ->
         paused.wait()
 
 
-@pytest.fixture
-def private_server() -> Iterator[EtcdServer]:
-    with EtcdServer(fsync=False) as server:
-        yield server
-
-
 def test_server_restart_suspends_then_leads_again(private_server: EtcdServer) -> None:
     with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
         elector = conn.leader_elector("/restart", "only", ttl=4)
@@ -241,13 +229,6 @@ def test_server_restart_suspends_then_leads_again(private_server: EtcdServer) ->
             assert time.monotonic() < deadline, f"not leading: {elector.status}"
             next_status(elector, timeout=max(0.01, deadline - time.monotonic()))
         elector.stop()
-
-
-def _wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        gevent.sleep(0.01)
 
 
 @pytest.mark.parametrize(
@@ -273,7 +254,7 @@ def test_leader_is_suspended_on_time_when_etcd_fails(
         lease = elector.lease
         assert lease is not None
         renewals = lease.renewals
-        _wait_until(lambda: lease.renewals > renewals, ttl, "a renewal")
+        wait_until(lambda: lease.renewals > renewals, ttl, "a renewal")
         # just after a renewal: the next one is due in TTL/3
         (private_server.kill if fault == "kill" else private_server.pause)(0)
         failed = time.monotonic()
@@ -341,5 +322,5 @@ def test_restart_with_data_kept_does_not_follow_its_own_old_key(
         assert took < ttl, f"leading again took {took:.2f}s"
         keys = [kv.key for kv in conn.get_prefix("/own/").kvs]
         assert keys == [b"/own/" + f"{elector.lease.id:x}".encode()]
-        _wait_until(lambda: old_lease not in conn.leases(), 5, "revoking the old lease")
+        wait_until(lambda: old_lease not in conn.leases(), 5, "revoking the old lease")
         elector.stop()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 
-import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.waiting import wait_until
 
 import geventc
 from geventc import EphemeralEvent, EphemeralKey, EphemeralStatus, RecipeError, wire
@@ -19,12 +18,6 @@ from geventc.testing.plugin import EtcdTestContext
 def next_event(key: EphemeralKey, timeout: float = 10.0) -> EphemeralEvent:
     """The key's next EphemeralEvent (skipping RecipeError reports)."""
     return next_of(key.channel, EphemeralEvent, timeout)
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
-        yield connector
 
 
 def test_create_attaches_the_key_to_a_shared_lease(conn: geventc.Connector) -> None:
@@ -108,12 +101,6 @@ def test_context_manager_and_bad_input(conn: geventc.Connector) -> None:
         conn.ephemeral_key("/b").start()
 
 
-@pytest.fixture
-def private_server() -> Iterator[EtcdServer]:
-    with EtcdServer(fsync=False) as server:
-        yield server
-
-
 def test_keys_survive_a_server_restart(private_server: EtcdServer) -> None:
     ttl = 3
     with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
@@ -131,13 +118,6 @@ def test_keys_survive_a_server_restart(private_server: EtcdServer) -> None:
         assert kv is not None and kv.value == b"v"
         key.delete()
         assert conn.get("/r/k") is None
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        gevent.sleep(0.01)
 
 
 def test_own_key_is_taken_over_after_a_restart_with_data_kept(
@@ -165,7 +145,7 @@ def test_own_key_is_taken_over_after_a_restart_with_data_kept(
         assert took < ttl / 2, f"restored after {took:.2f}s"
         kv = conn.get("/own/k")
         assert kv is not None and kv.value == b"v" and kv.lease == lease.id != old_lease
-        _wait_until(lambda: old_lease not in conn.leases(), 5, "revoking the old lease")
+        wait_until(lambda: old_lease not in conn.leases(), 5, "revoking the old lease")
         kv = conn.get("/own/k")
         assert kv is not None and kv.lease == lease.id
         key.delete()

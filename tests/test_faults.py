@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import urllib3
+from helpers.waiting import wait_until
 
 from geventc import Client
 from geventc.testing import (
@@ -29,17 +30,13 @@ from geventc.testing import netns as netns_module
 from geventc.testing.plugin import EtcdTestContext
 
 DEADLINE = 15.0
+#: how often a wait asks again (each check is a request to etcd)
+POLL = 0.05
 
 
-def _wait(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {what}")
-        time.sleep(0.05)
+def _wait(condition: Callable[[], object], what: str) -> None:
+    """:func:`wait_until` with this file's deadline and pace."""
+    wait_until(condition, DEADLINE, what, interval=POLL)
 
 
 def _b64(text: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import gevent
 import pytest
+from helpers.waiting import wait_until
 
 import geventc
 from geventc import (
@@ -33,16 +34,6 @@ def _connector_on(ctx: EtcdTestContext, first: str, **options: Any) -> Connector
     others = [e for e in ctx.endpoints if e != first]
     options = {**ctx.cluster.client_options(), **options}
     return geventc.connect([first, *others], namespace=ctx.prefix, **options)
-
-
-def _until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until ``condition()``; return how long it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} not within {timeout}s")
-        gevent.sleep(0.02)
-    return time.monotonic() - started
 
 
 @pytest.mark.cluster
@@ -125,7 +116,7 @@ def test_a_member_without_a_leader_makes_recipes_say_they_are_stale(
         current = _next(snapshots, lambda s: isinstance(s, ServiceSnapshot) and not s.stale, 20)
         assert current.services == {"a": "1"}
         assert _next(events, lambda e: isinstance(e, Staleness) and not e.stale, 20)
-        _until(lambda: not config.stale, 20, "config current again")
+        wait_until(lambda: not config.stale, 20, "config current again")
         _next(follower.channel, lambda e: hasattr(e, "status") and not e.stale, 20)
         _next(resolved, lambda e: not e.stale, 20)
         registry.close()
@@ -211,8 +202,8 @@ def _all_see(tracker: Any, events: Any, config: Any, path: str, name: str, value
     """How long until the tracker, the observer and the config all show the write."""
     started = time.monotonic()
     limit = BOUND + MARGIN
-    _until(lambda: tracker.services.get(name) == value, limit, "the tracker update")
-    _until(lambda: config.get(name) == value, limit, "the config update")
+    wait_until(lambda: tracker.services.get(name) == value, limit, "the tracker update")
+    wait_until(lambda: config.get(name) == value, limit, "the config update")
     seen = list(_drain_until(events, f"{path}/{name}", limit))
     assert [(e.key, e.value_str) for e in seen] == [(f"{path}/{name}", value)]
     return time.monotonic() - started
@@ -255,7 +246,7 @@ def test_an_isolated_member_is_left_and_reads_stay_linearizable(
         tracker, events, config = _recipes(conn, "/iso")
         cluster.isolate(used)
         others = [m for m in cluster.members if m is not used]
-        _until(lambda: _leads(cluster, others), 20, "a leader among the others")
+        wait_until(lambda: _leads(cluster, others), 20, "a leader among the others", interval=0.02)
         urls = [m.client_url for m in others]
         with geventc.connect(urls, namespace=etcd_fault_cluster.prefix, timeout=10) as writer:
             writer.put("/iso/b", "2")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import pytest
 from gevent.event import Event
+from helpers.waiting import wait_until
 
 import geventc
 from geventc import (
@@ -36,17 +36,9 @@ Feed = Channel[WatchEvent | RecipeError]
 
 
 @pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[Connector]:
-    """A connector whose namespace is the test's private prefix."""
-    with geventc.connect(etcd.endpoints, namespace=etcd.prefix + "ns") as connector:
-        yield connector
-
-
-@pytest.fixture
-def private_server() -> Iterator[EtcdServer]:
-    """A server of this test alone, to kill, restart and compact."""
-    with EtcdServer(fsync=False) as server:
-        yield server
+def conn_namespace(etcd: EtcdTestContext) -> str:
+    """``conn``'s namespace: ``ns`` under the test's private prefix."""
+    return etcd.prefix + "ns"
 
 
 def _events(
@@ -88,13 +80,6 @@ def _assert_ends(channel: Feed, timeout: float = 5.0) -> list[WatchEvent | Recip
     rest = reader.get(timeout=timeout)
     assert isinstance(rest, list) and channel.closed
     return rest
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        gevent.sleep(0.01)
 
 
 # --- delivery ---------------------------------------------------------------------------
@@ -373,11 +358,11 @@ def test_observer_survives_a_server_restart_exactly_once(private_server: EtcdSer
         channel = observer.start()
         first = writer.put(key, "start").header.revision
         writing = gevent.spawn(write)
-        _wait_for(lambda: len(confirmed) >= 20, 10, "writes before the kill")
+        wait_until(lambda: len(confirmed) >= 20, 10, "writes before the kill")
         private_server.kill(0)
         down_at = len(confirmed)
         private_server.restart(0)
-        _wait_for(lambda: len(confirmed) >= down_at + 20, 20, "writes after the restart")
+        wait_until(lambda: len(confirmed) >= down_at + 20, 20, "writes after the restart")
         stop_writing.set()
         writing.get(timeout=5)
         last = writer.get(key)
@@ -463,10 +448,10 @@ def test_killing_the_member_the_observer_uses_loses_no_event(
         channel = observer.start()
         assert conn.client.transport.current_endpoint == used.client_url
         writing = gevent.spawn(write)
-        _wait_for(lambda: len(confirmed) >= 20, 10, "writes before the kill")
+        wait_until(lambda: len(confirmed) >= 20, 10, "writes before the kill")
         cluster.kill(used)
         down_at = len(confirmed)
-        _wait_for(lambda: len(confirmed) >= down_at + 20, 20, "writes after the kill")
+        wait_until(lambda: len(confirmed) >= down_at + 20, 20, "writes after the kill")
         stop_writing.set()
         writing.get(timeout=5)
         stored = writer.get_prefix("/w/", sort_target="MOD", sort_order="ASCEND")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.waiting import wait_until
 
 import geventc
 from geventc import (
@@ -26,6 +26,15 @@ from geventc.errors import InvalidArgument, NoInstances, RecipeStateError, Retri
 from geventc.instances import decode, encode
 from geventc.testing import ROOT_PASSWORD, EtcdServer
 from geventc.testing.plugin import EtcdTestContext
+
+
+def _resolves(resolver: Resolver, service: str) -> list[Instance]:
+    """The instances ``resolver`` resolves ``service`` to; [] when it knows none."""
+    try:
+        return resolver.resolve(service)
+    except NoInstances:
+        return []
+
 
 # --- the wire format, byte for byte ----------------------------------------------------
 
@@ -90,12 +99,6 @@ def test_unspecified_host_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
 # --- against a real etcd ------------------------------------------------------------------
 
 
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
-        yield connector
-
-
 def test_register_resolve_deregister(conn: geventc.Connector) -> None:
     registry = Registry(conn, ttl=5)
     resolver = Resolver(conn)
@@ -106,14 +109,7 @@ def test_register_resolve_deregister(conn: geventc.Connector) -> None:
     assert resolver.resolve("echo") == [echo]
     registry.deregister(echo)
     assert conn.get("kitex/registry-etcd/echo/127.0.0.1:8888") is None
-    deadline = time.monotonic() + 2
-    while True:
-        try:
-            resolver.resolve("echo")
-        except NoInstances:
-            break
-        assert time.monotonic() < deadline, "the resolver kept a stale list"
-        gevent.sleep(0.01)
+    wait_until(lambda: not _resolves(resolver, "echo"), 2, "the resolver to drop its list")
     with pytest.raises(NoInstances):
         resolver.resolve("unknown")
     registry.close()
@@ -155,11 +151,10 @@ def test_change_visible_through_resolve_within_100ms(conn: geventc.Connector) ->
         worst = 0.0
         for port in range(2, 12):
             registry.register(Instance("fast", f"127.0.0.1:{port}"))
-            started = time.monotonic()
-            while len(resolver.resolve("fast")) < port:
-                assert time.monotonic() - started < 1.0
-                gevent.sleep(0.001)
-            worst = max(worst, time.monotonic() - started)
+            took = wait_until(
+                lambda n=port: len(resolver.resolve("fast")) >= n, 1.0, "the change", interval=0.001
+            )
+            worst = max(worst, took)
     assert worst < 0.1, f"slowest change took {worst * 1000:.1f} ms"
 
 
@@ -229,12 +224,6 @@ def test_ttl_from_the_environment(conn: geventc.Connector, monkeypatch: pytest.M
         Registry(conn)
 
 
-@pytest.fixture
-def private_server() -> Iterator[EtcdServer]:
-    with EtcdServer(fsync=False) as server:
-        yield server
-
-
 def test_registration_restored_after_restart_with_empty_data(private_server: EtcdServer) -> None:
     with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
         registry = Registry(conn, ttl=3)
@@ -242,18 +231,19 @@ def test_registration_restored_after_restart_with_empty_data(private_server: Etc
         registry.register(Instance("phoenix", "127.0.0.1:7"))
         assert len(resolver.resolve("phoenix")) == 1
         private_server.restart(0, wipe=True)  # a brand-new, empty etcd on the same address
-        deadline = time.monotonic() + 15
-        while conn.get("kitex/registry-etcd/phoenix/127.0.0.1:7") is None:
-            assert time.monotonic() < deadline, "the registration never came back"
-            gevent.sleep(0.1)
-        while True:  # and the resolver's cache converged on the new server's state
-            try:
-                if len(resolver.resolve("phoenix")) == 1:
-                    break
-            except NoInstances:
-                pass
-            assert time.monotonic() < deadline
-            gevent.sleep(0.05)
+        took = wait_until(
+            lambda: conn.get("kitex/registry-etcd/phoenix/127.0.0.1:7") is not None,
+            15,
+            "the registration to come back",
+            interval=0.1,
+        )
+        # and the resolver's cache converged on the new server's state, in the same 15 s
+        wait_until(
+            lambda: len(_resolves(resolver, "phoenix")) == 1,
+            15 - took,
+            "the resolver to converge",
+            interval=0.05,
+        )
         registry.close()
 
 
@@ -313,13 +303,6 @@ def test_registering_an_address_again_updates_it_in_place(conn: geventc.Connecto
         assert [i.weight for i in registry.instances()] == [9]
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        gevent.sleep(0.01)
-
-
 def test_revoked_registration_returns_on_a_new_lease(
     conn: geventc.Connector, etcd: EtcdTestContext
 ) -> None:
@@ -364,7 +347,7 @@ def test_giving_up_is_final_and_releases_the_instance() -> None:
             assert isinstance(report.error, RetriesExhausted)
             assert registry.instances() == []  # no longer listed
             assert conn.lease_keeper.leases() == []  # its share of the lease was dropped
-            _wait_until(lambda: lease.id not in conn.leases(), 5, "revoking the lease")
+            wait_until(lambda: lease.id not in conn.leases(), 5, "revoking the lease")
             # writes are allowed again: still nothing re-creates the key, even after the
             # lease's renewal period
             read_write = {**read_only, "permType": "READWRITE"}

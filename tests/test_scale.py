@@ -7,9 +7,8 @@ service directory. Checked on the client and in the server's own metrics."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
-import pytest
 import urllib3
 from gevent.pool import Pool
 
@@ -59,13 +58,7 @@ def wait_for_metric(server: EtcdServer, name: str, expected: float, timeout: flo
     return value
 
 
-@pytest.fixture
-def server() -> Iterator[EtcdServer]:
-    with EtcdServer(fsync=False) as private:  # its metrics count only this test's work
-        yield private
-
-
-def test_2000_ephemeral_keys_and_1000_trackers_in_one_connector(server: EtcdServer) -> None:
+def test_2000_ephemeral_keys_and_1000_trackers_in_one_connector(private_server: EtcdServer) -> None:
     timings: dict[str, float] = {}
     started = last = time.monotonic()
 
@@ -75,7 +68,7 @@ def test_2000_ephemeral_keys_and_1000_trackers_in_one_connector(server: EtcdServ
         timings[name] = now - last
         last = now
 
-    conn = geventc.connect(server.endpoints, namespace="scale")
+    conn = geventc.connect(private_server.endpoints, namespace="scale")
     try:
         trackers: dict[int, list[ServiceTracker]] = {
             i: [conn.service_tracker(f"/scale/svc{i}") for _ in range(TRACKERS)]
@@ -101,8 +94,11 @@ def test_2000_ephemeral_keys_and_1000_trackers_in_one_connector(server: EtcdServ
         assert {kv.lease for kv in stored.kvs} == {lease.id}
         assert lease.holders == SERVICES * INSTANCES
         assert conn.hub.streams == SERVICES
-        assert wait_for_metric(server, "etcd_debugging_mvcc_watcher_total", SERVICES) == SERVICES
-        assert metric(server, "etcd_debugging_lease_granted_total") == 1
+        assert (
+            wait_for_metric(private_server, "etcd_debugging_mvcc_watcher_total", SERVICES)
+            == SERVICES
+        )
+        assert metric(private_server, "etcd_debugging_lease_granted_total") == 1
 
         for i, group in trackers.items():
             for tracker in group:
@@ -111,11 +107,13 @@ def test_2000_ephemeral_keys_and_1000_trackers_in_one_connector(server: EtcdServ
 
         # keep-alive traffic is per TTL, not per key: one renewal per TTL/3
         client_before = lease.renewals
-        server_before = metric(server, "etcd_debugging_lease_renewed_total")
+        server_before = metric(private_server, "etcd_debugging_lease_renewed_total")
         window = 4.0  # longer than the TTL: the keys outlive it only through renewals
         time.sleep(window)
         renewals = lease.renewals - client_before
-        server_renewals = metric(server, "etcd_debugging_lease_renewed_total") - server_before
+        server_renewals = (
+            metric(private_server, "etcd_debugging_lease_renewed_total") - server_before
+        )
         expected = window / (lease.ttl / 3)
         assert expected - 2 <= renewals <= expected + 2, renewals
         assert renewals - 1 <= server_renewals <= renewals + 1, (renewals, server_renewals)
@@ -141,7 +139,7 @@ def test_2000_ephemeral_keys_and_1000_trackers_in_one_connector(server: EtcdServ
         conn.close()
     lap("close the connector (3,000 recipes)")
 
-    with Client(server.endpoints) as admin:  # closing deleted the keys and the lease
+    with Client(private_server.endpoints) as admin:  # closing deleted the keys and the lease
         assert admin.get_prefix("/scale/", count_only=True).count == 0
         assert admin.leases() == []
     total = time.monotonic() - started

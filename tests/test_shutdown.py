@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,13 +20,6 @@ STOP_TIMEOUT = 1.0
 MARGIN = 0.75  # scheduling on a loaded 2-core machine
 
 
-@pytest.fixture
-def server() -> Iterator[EtcdServer]:
-    """A private server this test may kill or pause."""
-    with EtcdServer(fsync=False) as private:
-        yield private
-
-
 def _timed(call: object) -> tuple[Release, float]:
     started = time.monotonic()
     result = call()  # type: ignore[operator]
@@ -36,9 +28,9 @@ def _timed(call: object) -> tuple[Release, float]:
 
 @pytest.mark.parametrize("fault", ["killed", "paused"])
 def test_stop_delete_deregister_and_close_are_bounded_and_truthful(
-    server: EtcdServer, fault: str
+    private_server: EtcdServer, fault: str
 ) -> None:
-    conn = geventc.connect(server.endpoints, namespace="/shut", stop_timeout=STOP_TIMEOUT)
+    conn = geventc.connect(private_server.endpoints, namespace="/shut", stop_timeout=STOP_TIMEOUT)
     try:
         elector = conn.leader_elector("/election", "me", ttl=5)
         assert elector.start().get(timeout=10).status.name == "LEADER"  # type: ignore[union-attr]
@@ -52,9 +44,9 @@ def test_stop_delete_deregister_and_close_are_bounded_and_truthful(
         for tracker in trackers:
             tracker.start()
         if fault == "killed":
-            server.kill(0)  # connections refused
+            private_server.kill(0)  # connections refused
         else:
-            server.pause(0)  # nothing answers
+            private_server.pause(0)  # nothing answers
         for release, took in (
             _timed(elector.stop),
             _timed(key.delete),
@@ -66,23 +58,23 @@ def test_stop_delete_deregister_and_close_are_bounded_and_truthful(
             assert "could not" in release.detail
         assert not elector.running and not key.running
     finally:
-        server.resume(0)
+        private_server.resume(0)
         conn.close()
 
 
-def test_a_failed_delete_says_when_the_key_expires(server: EtcdServer) -> None:
-    with geventc.connect(server.endpoints, namespace="/exp", stop_timeout=0.5) as conn:
+def test_a_failed_delete_says_when_the_key_expires(private_server: EtcdServer) -> None:
+    with geventc.connect(private_server.endpoints, namespace="/exp", stop_timeout=0.5) as conn:
         key = conn.ephemeral_key("/k")
         key.create("v", ttl=7)
-        server.kill(0)
+        private_server.kill(0)
         release = key.delete()
         assert not release
         assert release.expires_in is not None and 0 < release.expires_in <= 7
         assert "could not delete /k" in release.detail and "expires in about" in release.detail
 
 
-def test_releases_are_confirmed_when_etcd_answers(server: EtcdServer) -> None:
-    conn = geventc.connect(server.endpoints, namespace="/ok")
+def test_releases_are_confirmed_when_etcd_answers(private_server: EtcdServer) -> None:
+    conn = geventc.connect(private_server.endpoints, namespace="/ok")
     elector = conn.leader_elector("/election", "me", ttl=5)
     elector.start().get(timeout=10)
     key = conn.ephemeral_key("/eph/k")
@@ -99,10 +91,10 @@ def test_releases_are_confirmed_when_etcd_answers(server: EtcdServer) -> None:
     assert conn.close()  # idempotent
 
 
-def test_stop_timeout_is_validated(server: EtcdServer) -> None:
+def test_stop_timeout_is_validated(private_server: EtcdServer) -> None:
     for bad in (0, -1, "1", None):
         with pytest.raises(geventc.InvalidArgument, match="stop_timeout"):
-            geventc.connect(server.endpoints, stop_timeout=bad)
+            geventc.connect(private_server.endpoints, stop_timeout=bad)
 
 
 @pytest.mark.parametrize(
@@ -115,12 +107,12 @@ def test_stop_timeout_is_validated(server: EtcdServer) -> None:
     ids=["put-ttl", "register", "elect"],
 )
 def test_the_command_says_when_it_could_not_release(
-    server: EtcdServer, command: list[str], said: str, left: str
+    private_server: EtcdServer, command: list[str], said: str, left: str
 ) -> None:
     # etcd killed, then Ctrl-C: no "deleted"/"deregistered"/"resigned" line, a message
     # saying what is left and when it expires, and a failing exit code
     process = subprocess.Popen(
-        [sys.executable, "-m", "geventc", "--endpoints", server.endpoint, *command],
+        [sys.executable, "-m", "geventc", "--endpoints", private_server.endpoint, *command],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -134,7 +126,7 @@ def test_the_command_says_when_it_could_not_release(
             while not first.startswith("LEADER"):
                 first = process.stdout.readline()
                 assert first
-        server.kill(0)
+        private_server.kill(0)
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=15)
@@ -148,13 +140,15 @@ def test_the_command_says_when_it_could_not_release(
     assert took < 2 * STOP_TIMEOUT + 3, f"took {took:.1f}s"
 
 
-def test_close_is_not_confirmed_while_a_let_go_lease_was_not_revoked(server: EtcdServer) -> None:
+def test_close_is_not_confirmed_while_a_let_go_lease_was_not_revoked(
+    private_server: EtcdServer,
+) -> None:
     # every key's delete failed and its lease's revocation went to the background: the
     # keys stay until the lease expires, so closing must not say all was released
-    conn = geventc.connect(server.endpoints, namespace="/left", stop_timeout=STOP_TIMEOUT)
+    conn = geventc.connect(private_server.endpoints, namespace="/left", stop_timeout=STOP_TIMEOUT)
     key = conn.ephemeral_key("/k")
     key.create("v", ttl=9)
-    server.kill(0)
+    private_server.kill(0)
     assert not key.delete()
     closed, took = _timed(conn.close)
     assert not closed and "expire" in closed.detail and took < STOP_TIMEOUT + MARGIN

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import gevent
 import pytest
@@ -83,12 +83,6 @@ class Witness:
 
     def leave(self) -> None:
         self._conn.hub.unsubscribe(self._prefix, self)
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as connector:
-        yield connector
 
 
 # --- snapshots ---------------------------------------------------------------------------
@@ -287,12 +281,6 @@ def test_connector_close_stops_its_trackers(etcd: EtcdTestContext) -> None:
 
 
 # --- faults ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_server() -> Iterator[EtcdServer]:
-    with EtcdServer(fsync=False) as server:
-        yield server
 
 
 def test_tracker_rides_out_a_server_restart_without_losing_a_change(

@@ -69,7 +69,7 @@ def test_cancel_from_another_greenlet_ends_iteration(etcd: EtcdTestContext) -> N
     client = etcd.client()
     stream = client.watch(etcd.key("quiet"))
     reader = gevent.spawn(lambda: list(stream))
-    gevent.sleep(0.1)
+    gevent.idle()  # the reader now waits in the stream
     assert not reader.ready()
     stream.cancel()
     assert reader.get(timeout=2) == []
@@ -94,12 +94,6 @@ def test_watch_rejects_bad_filters(etcd: EtcdTestContext) -> None:
         client.watch(etcd.key("k"), filters=["NOTHING"])
     with pytest.raises(InvalidArgument):
         client.watch(etcd.key("k"), filters="NOPUT")
-
-
-@pytest.fixture
-def private_server() -> Iterator[EtcdServer]:
-    with EtcdServer(fsync=False) as server:
-        yield server
 
 
 def test_watch_resumes_after_server_restart_without_loss(private_server: EtcdServer) -> None:

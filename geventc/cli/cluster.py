@@ -24,10 +24,10 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
         out.line(_health_text(health), _health_data(health))
 
     with settings.connect() as conn:
-        monitor = conn.health_monitor()
+        monitor = conn.health_monitor(once=not args.watch, interval=args.interval)
         follow(
             out,
-            lambda: monitor.start(once=not args.watch, interval=args.interval),
+            monitor.start,
             show,
             release=monitor.stop,
         )

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from ..recipes.observer import WatchEvent
     from ..wire import KeyValue
 
-PREFIX_HELP = "every key starting with KEY"
+PREFIX_HELP = "every key starting with KEY (as etcdctl's --prefix)"
+WATCH_PREFIX_HELP = "every key under KEY/ (as the Observer recipe: not KEY itself, nor KEYx)"
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
@@ -87,21 +88,25 @@ def cmd_del(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _watched(args: argparse.Namespace) -> str:
+    """What ``watch`` follows, in words."""
+    return f"every key under {args.key.rstrip('/')}/" if args.prefix else str(args.key)
+
+
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     """``watch KEY [--prefix] [--rev N]``: every change until Ctrl-C."""
     out = settings.out
     with settings.connect() as conn:
         current = probe(conn, args.key)  # a clear error now rather than retries later
         start = args.rev or current + 1
-        observer = conn.observer(args.key)
-        scope = " and every key under it" if args.prefix else ""
+        observer = conn.observer(args.key, prefix=args.prefix, start_revision=start)
         follow(
             out,
-            lambda: observer.start(start_revision=start, recursive=args.prefix),
+            observer.start,
             lambda event: out.show(_change(event)),
             release=observer.stop,
             started=Line(
-                f"watching {args.key}{scope} from revision {start}; Ctrl-C stops",
+                f"watching {_watched(args)} from revision {start}; Ctrl-C stops",
                 {"event": "WATCHING", "key": args.key, "prefix": args.prefix, "revision": start},
             ),
         )
@@ -158,7 +163,7 @@ def register(commands: Any) -> None:
 
     command = add_command(commands, "watch", cmd_watch, "print every change of a key until Ctrl-C")
     command.add_argument("key", metavar="KEY")
-    command.add_argument("--prefix", action="store_true", help=PREFIX_HELP)
+    command.add_argument("--prefix", action="store_true", help=WATCH_PREFIX_HELP)
     command.add_argument(
         "--rev", type=revision, default=0, metavar="N", help="start at revision N (default: now)"
     )

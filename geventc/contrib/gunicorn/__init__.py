@@ -80,8 +80,8 @@ alive through its connector's lease keeper).
 # urllib3 imported before the patch would not be cooperative (NotPatched in the worker).
 # The network modules are imported inside the functions that run in the workers.
 from ...errors import NotConfigured
+from ...instances import DEFAULT_PREFIX as DEFAULT_PREFIX
 from .hooks import GeventcHooks
-from .shared_registration import DEFAULT_PREFIX as DEFAULT_PREFIX
 from .shared_registration import SharedRegistration
 from .worker import MASTER_POLL as MASTER_POLL
 from .worker import STRATEGIES as STRATEGIES

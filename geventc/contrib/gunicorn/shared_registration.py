@@ -17,43 +17,28 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
-from gevent.pool import Group
 
 # Only modules that load neither urllib3 nor ssl at import time (see the package).
 from ... import validate
-from ...errors import EtcdError, InvalidArgument, LeaseNotFound, RecipeStateError
-from ...instances import FORMATS, Instance, encode
-from ...recipes.base import RELEASED, Release, unconfirmed
+from ...errors import EtcdError, InvalidArgument, LeaseNotFound
+from ...instances import DEFAULT_PREFIX, Instance, check_format, check_prefix, encode
+from ...recipes.base import RELEASED, Recipe, RecipeError, Release, unconfirmed
 from ...retry import Backoff
 from ...txn import Compare, Op
 from ...wire import RangeResult
 
 if TYPE_CHECKING:
-    from ...connector import Connector
+    from ...host import RecipeHost
     from ...lease import KeptLease, LeaseState
     from ...watch import PrefixUpdate
 
 log = logging.getLogger("geventc")
 
-#: The same as :data:`geventc.registry.DEFAULT_PREFIX` (not imported: see the package).
-DEFAULT_PREFIX = "kitex/registry-etcd"
+#: problems the channel keeps for a reader (the oldest are dropped)
+PROBLEMS_KEPT = 100
 
 
-def check_prefix(prefix: object) -> str:
-    """A registry prefix, as :func:`geventc.registry.check_prefix` checks it."""
-    if not isinstance(prefix, str) or not prefix.strip("/"):
-        raise InvalidArgument("prefix must be a non-empty str such as 'kitex/registry-etcd'")
-    return prefix.rstrip("/")
-
-
-def check_format(fmt: object) -> str:
-    """A registry value format, as :func:`geventc.registry.check_format` checks it."""
-    if fmt not in FORMATS:
-        raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return str(fmt)
-
-
-class SharedRegistration:
+class SharedRegistration(Recipe[RecipeError]):
     """One registration shared by several processes (the workers of one server).
 
     The key ``{prefix}/{service}/{address}`` is created if absent, on a lease of ``ttl``
@@ -62,13 +47,14 @@ class SharedRegistration:
     (on the shared lease if still alive, else on a new one) whenever it disappears.
     :meth:`close` leaves the registration to the others, or with ``deregister=True``
     removes it for everyone. While ``hold()`` returns False (say, the server is being
-    stopped) the key is not re-created. Problems are logged (logger ``geventc``) and
-    retried.
+    stopped) the key is not re-created. A recipe like the others: ``start()`` returns
+    its channel, on which problems are reported (the newest 100 are kept; they are also
+    logged, logger ``geventc``) while it retries; ``stop()`` is ``close()``.
     """
 
     def __init__(
         self,
-        conn: Connector,
+        conn: RecipeHost,
         instance: Instance,
         *,
         prefix: str = DEFAULT_PREFIX,
@@ -76,11 +62,9 @@ class SharedRegistration:
         format: str = "kitex",
         hold: Callable[[], bool] | None = None,
     ) -> None:
-        from ...connector import Connector
         from ...recipes.ephemeral import parent_prefix
 
-        if not isinstance(conn, Connector):
-            raise InvalidArgument("SharedRegistration needs a geventc.Connector")
+        super().__init__(conn)
         if not isinstance(instance, Instance):
             raise InvalidArgument("SharedRegistration needs a geventc.Instance")
         if hold is not None and not callable(hold):
@@ -92,7 +76,6 @@ class SharedRegistration:
         self.value = encode(self.instance, check_format(format))
         #: The lease the key is on (0 until it is known).
         self.lease_id = 0
-        self._conn = conn
         self._key = conn.namespace.strip(conn.namespace.key(self.key))
         self._watched = parent_prefix(self._key)
         self._kept: KeptLease | None = None  # the lease this process keeps alive
@@ -101,11 +84,9 @@ class SharedRegistration:
         self._wake = Event()
         self._done = Event()  # set when close() finished
         self._released = RELEASED  # what close() gave back
-        self._group = Group()
+        self._deregistering = False  # what the close in progress does
         self._lost = True  # the key is not known to exist on lease_id
         self._known_at = 0  # the revision of the last state we read ourselves
-        self._running = False
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"SharedRegistration({self.key!r}, lease={self.lease_id:x})"
@@ -116,13 +97,11 @@ class SharedRegistration:
         kept = self._kept
         return self._running and not self._lost and kept is not None and kept.valid
 
-    def start(self) -> None:
+    def _start(self) -> None:
         """Join (or create) the registration in the background and keep it."""
-        if self._running or self._closed:
-            raise RecipeStateError("a SharedRegistration starts once")
-        self._running = True
+        self._begin(maxsize=PROBLEMS_KEPT)
         self._conn.hub.subscribe(self._watched, self._on_change, key=self._key)
-        self._group.spawn(self._maintain)
+        self._spawn(self._maintain)
 
     def wait(self, timeout: float) -> bool:
         """Wait until :attr:`registered` (True) or ``timeout`` seconds passed (False)."""
@@ -135,31 +114,42 @@ class SharedRegistration:
         return True
 
     def close(self, *, deregister: bool = False) -> Release:
-        """Stop renewing and watching (idempotent). With ``deregister`` also revoke the
-        lease the key is on, removing it for every participant; without, the others
-        keep it (or it expires ``ttl`` seconds after the last renewal). A second call
-        while another greenlet closes it waits for that close to finish. The
+        """Stop renewing and watching (idempotent), within the connector's
+        ``stop_timeout``. With ``deregister`` also revoke the lease the key is on,
+        removing it for every participant; without, the others keep it (or it expires
+        ``ttl`` seconds after the last renewal). A second call while another greenlet
+        closes it waits for that close to finish. The
         :class:`~geventc.recipes.base.Release` is true unless a deregistration was not
         confirmed by etcd."""
-        limit = self._conn.client.transport.timeout
-        if self._closed:
-            self._done.wait(2 * limit + 2.0)
+        if self._stopped or (not self._running and self._done.is_set()):
+            self._done.wait(self._conn.stop_timeout + 1.0)
             return self._released
-        self._closed = True
-        self._running = False
+        if not self._running:  # never started: nothing to leave
+            self._stopped = True
+            self._done.set()
+            return RELEASED
+        self._deregistering = validate.boolean(deregister, "deregister")
         try:
-            self._conn.hub.unsubscribe(self._watched, self._on_change, key=self._key)
-            self._wake.set()
-            got_lock = self._lock.acquire(timeout=limit)  # let a create in flight finish
-            try:
-                self._group.kill(block=True, timeout=1.0)
-                self._released = self._leave(deregister, limit)
-            finally:
-                if got_lock:
-                    self._lock.release()
+            self._released = self._shutdown()
         finally:
             self._done.set()
         return self._released
+
+    def stop(self) -> Release:
+        """:meth:`close` without deregistering: the other participants keep the key."""
+        return self.close()
+
+    def _release(self) -> Release:
+        self._conn.hub.unsubscribe(self._watched, self._on_change, key=self._key)
+        self._wake.set()
+        got_lock = self._lock.acquire(timeout=self._remaining())  # a create in flight ends
+        try:
+            self._released = self._leave(self._deregistering, self._remaining())
+            return self._released
+        finally:
+            if got_lock:
+                self._lock.release()
+            self._done.set()
 
     # --- internals -------------------------------------------------------------------
 
@@ -174,7 +164,7 @@ class SharedRegistration:
                 pause = self.ttl / 3  # or sooner: the watch and the lease wake us
             except EtcdError as exc:
                 self._lost = True  # whatever was in flight, joining again is safe
-                log.warning("%r: %s; retrying", self, exc)
+                self._report(exc)  # logged too; retried
                 pause = backoff.next()
             self._wake.wait(pause)
 

@@ -17,11 +17,18 @@ from gevent.pool import Group
 from ... import validate
 from ...endpoints import parse_endpoints
 from ...errors import EtcdError, InvalidArgument, NotConfigured
-from ...instances import DEFAULT_WEIGHT, Instance, join_address
+from ...instances import (
+    DEFAULT_PREFIX,
+    DEFAULT_WEIGHT,
+    Instance,
+    check_format,
+    check_prefix,
+    join_address,
+)
 from ...namespace import Namespace
 from ...retry import Backoff
 from . import shutdown
-from .shared_registration import DEFAULT_PREFIX, SharedRegistration, check_format, check_prefix
+from .shared_registration import SharedRegistration
 
 if TYPE_CHECKING:
     from ...connector import Connector

@@ -123,14 +123,21 @@ func waitForKey(ctx context.Context, client *clientv3.Client, key string) bool {
 	}
 }
 
-func campaign(o options) {
-	stop := stopContext()
+// newSession connects and opens a concurrency session with the options' TTL; the
+// caller closes both.
+func newSession(o options) (*clientv3.Client, *concurrency.Session) {
 	client := connect(o)
-	defer client.Close()
 	session, err := concurrency.NewSession(client, concurrency.WithTTL(o.ttl))
 	if err != nil {
 		fail(err)
 	}
+	return client, session
+}
+
+func campaign(o options) {
+	stop := stopContext()
+	client, session := newSession(o)
+	defer client.Close()
 	defer session.Close()
 	election := concurrency.NewElection(session, o.path)
 	// the key Campaign writes, computed as concurrency does: prefix + "/" + hex lease
@@ -250,12 +257,8 @@ func watchRequireLeader(o options) {
 
 func mutexKey(o options) {
 	stop := stopContext()
-	client := connect(o)
+	client, session := newSession(o)
 	defer client.Close()
-	session, err := concurrency.NewSession(client, concurrency.WithTTL(o.ttl))
-	if err != nil {
-		fail(err)
-	}
 	defer session.Close()
 	mutex := concurrency.NewMutex(session, o.path)
 	emit("session", map[string]any{
