@@ -84,6 +84,33 @@ def read_counter(conn: geventc.Connector, key: str) -> tuple[int, int]:
             gevent.sleep(0.05)
 
 
+def write_next(conn: geventc.Connector, key: str, n: int, puts: list[geventc.TxnOp]) -> int:
+    """Commit value ``n`` of the counter at ``key`` (only if it holds ``n - 1``) with
+    ``puts``, recording an ``ack`` (``late`` when an earlier indeterminate try of ``n``
+    turns out applied); the counter's value afterwards."""
+    try:
+        result = conn.txn(
+            [geventc.Compare.value(key) == str(n - 1)], puts, [geventc.Op.get(key)]
+        )
+    except geventc.EtcdError as exc:  # maybe applied: the next read tells
+        emit("error", op="write", n=n, error=repr(exc))
+        value, revision = read_counter(conn, key)
+        if value >= n:
+            emit("ack", n=n, revision=revision if value == n else 0, late=True)
+        return value
+    if result.succeeded:
+        emit("ack", n=n, revision=result.header.revision)
+        return n
+    read = result.responses[0]
+    assert isinstance(read, geventc.RangeResult) and read.kvs
+    stored = int(read.kvs[0].value)
+    if stored < n - 1:
+        raise RuntimeError(f"the counter went back from {n - 1} to {stored}")
+    if stored == n:  # an earlier indeterminate try of n was applied
+        emit("ack", n=n, revision=read.kvs[0].mod_revision, late=True)
+    return stored
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a participant: log to stderr, report a crash as a record, exit 1 on it."""
     logging.basicConfig(

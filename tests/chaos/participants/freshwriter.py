@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import time
 
-from geventc import Compare, Instance, Op, RangeResult, TxnOp
-from geventc.errors import EtcdError
+from geventc import Instance, Op, TxnOp
 from geventc.instances import encode
 
 from ..checks import FRESH_COUNTER as COUNTER
@@ -52,28 +51,7 @@ def main() -> None:
     while not stop.is_set():
         started = time.monotonic()
         n = value + 1
-        try:
-            result = conn.txn(
-                [Compare.value(COUNTER) == str(n - 1)], puts(n, args.keys), [Op.get(COUNTER)]
-            )
-        except EtcdError as exc:  # maybe applied: the next read tells
-            common.emit("error", op="write", n=n, error=repr(exc))
-            value, revision = common.read_counter(conn, COUNTER)
-            if value >= n:
-                common.emit("ack", n=n, revision=revision if value == n else 0, late=True)
-            continue
-        if result.succeeded:
-            common.emit("ack", n=n, revision=result.header.revision)
-            value = n
-        else:
-            read = result.responses[0]
-            assert isinstance(read, RangeResult) and read.kvs
-            stored = int(read.kvs[0].value)
-            if stored < n - 1:
-                raise RuntimeError(f"the counter went back from {n - 1} to {stored}")
-            if stored == n:  # an earlier indeterminate try of n was applied
-                common.emit("ack", n=n, revision=read.kvs[0].mod_revision, late=True)
-            value = stored
+        value = common.write_next(conn, COUNTER, n, puts(n, args.keys))
         stop.wait(max(0.0, started + 1.0 / args.rate - time.monotonic()))
     common.emit("done", value=value)
     common.sleep_forever()

@@ -13,8 +13,7 @@ import time
 
 import gevent
 
-from geventc import Compare, Op, RangeResult
-from geventc.errors import EtcdError
+from geventc import Op
 
 from . import common
 
@@ -39,30 +38,8 @@ def main() -> None:
             if due > time.monotonic():
                 gevent.sleep(due - time.monotonic())
         n = value + 1
-        try:
-            result = conn.txn(
-                [Compare.value(COUNTER) == str(n - 1)],
-                [Op.put(COUNTER, str(n)), Op.put(f"/seq/items/{n % ITEMS}", str(n))],
-                [Op.get(COUNTER)],
-            )
-        except EtcdError as exc:  # maybe applied: the next read tells
-            common.emit("error", op="write", n=n, error=repr(exc))
-            value, revision = common.read_counter(conn, COUNTER)
-            if value >= n:
-                common.emit("ack", n=n, revision=revision if value == n else 0, late=True)
-            continue
-        if result.succeeded:
-            common.emit("ack", n=n, revision=result.header.revision)
-            value = n
-            continue
-        read = result.responses[0]
-        assert isinstance(read, RangeResult) and read.kvs
-        stored = int(read.kvs[0].value)
-        if stored < n - 1:
-            raise RuntimeError(f"the counter went back from {n - 1} to {stored}")
-        if stored == n:  # an earlier indeterminate try of n was applied
-            common.emit("ack", n=n, revision=read.kvs[0].mod_revision, late=True)
-        value = stored
+        puts = [Op.put(COUNTER, str(n)), Op.put(f"/seq/items/{n % ITEMS}", str(n))]
+        value = common.write_next(conn, COUNTER, n, puts)
     common.emit("done", value=value)
     common.sleep_forever()
 

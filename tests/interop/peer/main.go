@@ -174,14 +174,23 @@ func campaign(o options) {
 		fail(errors.New("session expired while campaigning"))
 	}
 
+	holdUntilStopped(stop, session, key, "resigned", election.Resign)
+}
+
+// holdUntilStopped waits for the stop signal (then runs release, e.g. Resign or
+// Unlock, and reports done) or for the session to expire (reports lost).
+func holdUntilStopped(
+	stop context.Context, session *concurrency.Session, key, done string,
+	release func(context.Context) error,
+) {
 	select {
 	case <-stop.Done():
-		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer rcancel()
-		if err := election.Resign(rctx); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := release(ctx); err != nil {
 			fail(err)
 		}
-		emit("resigned", map[string]any{"key": key})
+		emit(done, map[string]any{"key": key})
 	case <-session.Done():
 		emit("lost", map[string]any{"key": key})
 	}
@@ -274,17 +283,7 @@ func mutexKey(o options) {
 	}
 	key := mutex.Key()
 	emit("locked", map[string]any{"key": key, "rev": mutex.Header().Revision})
-	select {
-	case <-stop.Done():
-		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer ucancel()
-		if err := mutex.Unlock(uctx); err != nil {
-			fail(err)
-		}
-		emit("unlocked", map[string]any{"key": key})
-	case <-session.Done():
-		emit("lost", map[string]any{"key": key})
-	}
+	holdUntilStopped(stop, session, key, "unlocked", mutex.Unlock)
 }
 
 // endpointMetadata is the metadata geventc's etcd-endpoints format carries, in its
