@@ -294,8 +294,9 @@ type endpointMetadata struct {
 	Tags    map[string]string `json:"tags"`
 }
 
-// endpointsAdd writes one endpoint as Go's naming/endpoints Manager does.
-func endpointsAdd(o options) {
+// withManager runs use with a naming/endpoints Manager of the target o.path and a
+// 10 s context.
+func withManager(o options, use func(context.Context, endpoints.Manager)) {
 	client := connect(o)
 	defer client.Close()
 	manager, err := endpoints.NewManager(client, o.path)
@@ -304,6 +305,17 @@ func endpointsAdd(o options) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	use(ctx, manager)
+}
+
+// endpointsAdd writes one endpoint as Go's naming/endpoints Manager does.
+func endpointsAdd(o options) {
+	withManager(o, func(ctx context.Context, manager endpoints.Manager) {
+		addEndpoint(ctx, manager, o)
+	})
+}
+
+func addEndpoint(ctx context.Context, manager endpoints.Manager, o options) {
 	meta := endpointMetadata{Network: "tcp", Weight: o.weight, Tags: map[string]string{}}
 	if err := manager.AddEndpoint(ctx, o.key, endpoints.Endpoint{Addr: o.identity, Metadata: meta}); err != nil {
 		fail(err)
@@ -313,14 +325,10 @@ func endpointsAdd(o options) {
 
 // endpointsList prints every endpoint Go's Manager lists under the target.
 func endpointsList(o options) {
-	client := connect(o)
-	defer client.Close()
-	manager, err := endpoints.NewManager(client, o.path)
-	if err != nil {
-		fail(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	withManager(o, listEndpoints)
+}
+
+func listEndpoints(ctx context.Context, manager endpoints.Manager) {
 	found, err := manager.List(ctx)
 	if err != nil {
 		fail(err)
