@@ -35,7 +35,7 @@ from geventc.testing.server import free_port
 Feed = Channel[ClusterHealth | RecipeError]
 Signature = tuple[ClusterStatus, tuple[tuple[str, str, bool, bool], ...]]
 
-#: Recipe.stop() is bounded by 3 s; this leaves room for a slow test machine.
+#: Recipe.stop() is bounded by stop_timeout (1 s); room for a slow machine.
 STOP_BOUND = 4.5
 
 
