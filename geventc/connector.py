@@ -48,7 +48,10 @@ if TYPE_CHECKING:
     from .recipes.election import LeaderElector
     from .recipes.ephemeral import EphemeralKey
     from .recipes.health import HealthMonitor
+    from .recipes.lock import Lock
     from .recipes.observer import Observer
+    from .recipes.rwlock import RWLock
+    from .recipes.semaphore import Semaphore
     from .recipes.tracker import ServiceTracker
     from .registry import Registry
     from .resolver import Resolver
@@ -311,6 +314,29 @@ class Connector:
         return Resolver(
             self, prefix=prefix, default_weight=default_weight, format=format, strategy=strategy
         )
+
+    # --- the coordination toolkit ----------------------------------------------------
+
+    def lock(self, path: str, *, ttl: int = 10) -> Lock:
+        """A mutual-exclusion lock at ``path``, Go ``concurrency.Mutex``'s layout (keys
+        ``path/<lease hex>``), held on a lease of ``ttl`` seconds."""
+        from .recipes.lock import Lock
+
+        return Lock(self, path, ttl=ttl)
+
+    def rw_lock(self, path: str, *, ttl: int = 10) -> RWLock:
+        """A readers-writer lock at ``path`` (Go recipes ``RWMutex``'s layout); use its
+        ``read`` and ``write`` locks."""
+        from .recipes.rwlock import RWLock
+
+        return RWLock(self, path, ttl=ttl)
+
+    def semaphore(self, path: str, max_holders: int, *, ttl: int = 10) -> Semaphore:
+        """At most ``max_holders`` holders of ``path`` at once, first come first
+        served."""
+        from .recipes.semaphore import Semaphore
+
+        return Semaphore(self, path, max_holders, ttl=ttl)
 
     def txn_guard(self, elector: LeaderElector) -> Comparison:
         """The comparison that lets a txn succeed only while ``elector`` leads."""

@@ -172,3 +172,27 @@ class ConfigDecodeError(EtcdError):
 
 class NotConfigured(RecipeStateError):
     """An integration helper was used before (or without) the setting it needs."""
+
+
+class NotLockHolder(EtcdError):
+    """A lock-guarded write, or a release, by a holder that does not hold the lock (or
+    semaphore slot) now: never acquired, released, suspended or lost."""
+
+
+class NotAcquired(EtcdError):
+    """A lock or semaphore could not be acquired within the caller's timeout; nothing of
+    the attempt is left on the server (the ``with`` block is not entered)."""
+
+
+class TooManyParticipants(EtcdError):
+    """A double barrier already has its ``count`` participants (Go's
+    ``ErrTooManyClients``)."""
+
+
+class ClaimLost(EtcdError):
+    """A queue item's claim is no longer held (its lease was lost, or the item was
+    taken or acked elsewhere), so it cannot be acked: another consumer may have it."""
+
+
+class MemberExists(KeyExists):
+    """A group already has a live member with this identity."""

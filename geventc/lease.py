@@ -362,13 +362,31 @@ class LeaseKeeper:
         self._client = client
         self._group = group
         self._shared: dict[int, KeptLease] = {}
+        #: more shared leases of a TTL, for holders that each need a lease of their own
+        #: per name (two lock holders of one path in one process: see ``exclusive_of``)
+        self._spares: dict[int, list[KeptLease]] = {}
+        #: lease -> the names its holders took with ``exclusive_of``
+        self._taken: dict[int, set[bytes]] = {}
         self._granting: dict[int, BoundedSemaphore] = {}
         #: leases whose revocation etcd did not confirm, with the time they surely end
         self._unrevoked: dict[int, float] = {}
 
-    def acquire(self, ttl: int, listener: LeaseListener, *, shared: bool = True) -> KeptLease:
+    def acquire(
+        self,
+        ttl: int,
+        listener: LeaseListener,
+        *,
+        shared: bool = True,
+        exclusive_of: bytes | None = None,
+    ) -> KeptLease:
         """A live lease of ``ttl`` seconds with ``listener`` registered as a holder;
-        granted now if needed (raises the grant's error)."""
+        granted now if needed (raises the grant's error).
+
+        With ``exclusive_of`` (a name, e.g. a lock's prefix) the shared lease is one no
+        other holder took for that name: keys named after their lease (Go's
+        ``prefix/<lease hex>``) then never collide in one process, and N holders of
+        distinct names still share one lease; a second holder of the same name gets
+        another shared lease of the TTL (granted once, then shared in turn)."""
         ttl = validate.ttl(ttl)
         if not shared:
             lease = KeptLease(self._client, ttl, self._group, shared=False)
@@ -382,8 +400,23 @@ class LeaseKeeper:
                 kept = KeptLease(self._client, ttl, self._group, shared=True)
                 kept.grant()
                 self._shared[ttl] = kept
+            if exclusive_of is not None and exclusive_of in self._taken.get(id(kept), ()):
+                kept = self._spare(ttl, exclusive_of)
+            if exclusive_of is not None:
+                self._taken.setdefault(id(kept), set()).add(exclusive_of)
             kept.add(listener)
         return kept
+
+    def _spare(self, ttl: int, name: bytes) -> KeptLease:
+        """A spare shared lease of ``ttl`` not taken for ``name`` (granted if none)."""
+        spares = self._spares.setdefault(ttl, [])
+        for spare in spares:
+            if spare.state is not LeaseState.CLOSED and name not in self._taken.get(id(spare), ()):
+                return spare
+        spare = KeptLease(self._client, ttl, self._group, shared=True)
+        spare.grant()
+        spares.append(spare)
+        return spare
 
     def adopt(self, lease_id: int, ttl: int, listener: LeaseListener) -> KeptLease:
         """A private kept lease renewing ``lease_id`` (of ``ttl`` seconds), granted
@@ -395,23 +428,36 @@ class LeaseKeeper:
         return lease
 
     def release(
-        self, lease: KeptLease, listener: LeaseListener, *, timeout: float = 1.0
+        self,
+        lease: KeptLease,
+        listener: LeaseListener,
+        *,
+        timeout: float = 1.0,
+        exclusive_of: bytes | None = None,
     ) -> bool | None:
-        """Drop a holder; the last holder's release revokes the lease (within
-        ``timeout``). None while other holders keep the lease, else whether etcd
-        confirmed the revocation."""
+        """Drop a holder (and the name it took with ``exclusive_of``); the last
+        holder's release revokes the lease (within ``timeout``). None while other
+        holders keep the lease, else whether etcd confirmed the revocation."""
         lease.remove(listener)
+        if exclusive_of is not None:
+            self._taken.get(id(lease), set()).discard(exclusive_of)
         if lease.holders:
             return None
+        self._taken.pop(id(lease), None)
         if lease.shared and self._shared.get(lease.requested_ttl) is lease:
             del self._shared[lease.requested_ttl]
+        spares = self._spares.get(lease.requested_ttl, [])
+        if lease in spares:
+            spares.remove(lease)
         return self._closed(lease, lease.close(timeout=timeout))
 
-    def release_later(self, lease: KeptLease, listener: LeaseListener) -> None:
+    def release_later(
+        self, lease: KeptLease, listener: LeaseListener, *, exclusive_of: bytes | None = None
+    ) -> None:
         """:meth:`release` in the background (a holder out of time lets go without
         waiting for etcd); until it is confirmed, :meth:`unrevoked` counts the lease."""
         self._unrevoked[id(lease)] = time.monotonic() + lease.expires_in
-        self._group.spawn(self.release, lease, listener)
+        self._group.spawn(self.release, lease, listener, exclusive_of=exclusive_of)
 
     def _closed(self, lease: KeptLease, revoked: bool) -> bool:
         """Note a lease etcd did not confirm revoked (it lives until its TTL ends)."""
@@ -429,14 +475,17 @@ class LeaseKeeper:
         return max(left) if left else None
 
     def leases(self) -> list[KeptLease]:
-        """The shared leases kept now."""
-        return list(self._shared.values())
+        """The shared leases kept now (one per TTL, then the spares)."""
+        spares = [lease for listed in self._spares.values() for lease in listed]
+        return [*self._shared.values(), *spares]
 
     def close(self, timeout: float = 1.0) -> bool:
         """Stop renewing every shared lease and revoke them, all at once, within
         ``timeout``; True when etcd confirmed every revocation."""
-        leases = list(self._shared.values())
+        leases = self.leases()
         self._shared.clear()
+        self._spares.clear()
+        self._taken.clear()
         closing = [self._group.spawn(lease.close, timeout=timeout) for lease in leases]
         gevent.joinall(closing, timeout=timeout + 0.1)
         for lease, attempt in zip(leases, closing, strict=True):

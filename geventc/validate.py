@@ -108,6 +108,20 @@ def positive_number(value: Any, name: str) -> float:
     return number
 
 
+def timeout(value: Any, name: str = "timeout") -> float | None:
+    """None (wait as long as it takes) or a finite number of seconds >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(
+            f"{name} must be None or a number of seconds >= 0, not {_type_name(value)}"
+        )
+    number = float(value) if abs(value) < 1e300 else float("inf")
+    if not 0 <= number < float("inf"):
+        raise InvalidArgument(f"{name} must be None or a finite number >= 0, got {value!r}")
+    return number
+
+
 def boolean(value: Any, name: str) -> bool:
     """A real bool."""
     if not isinstance(value, bool):

@@ -79,7 +79,17 @@ type options struct {
 	identity  string
 	ttl       int
 	weight    int
+	value     string
+	count     int
+	priority  int
+	n         int
+	items     string
+	isolation string
 }
+
+// commands maps a subcommand to its function; files other than main.go add theirs in
+// an init function, so each toolkit recipe's peer lives in a file of its own.
+var commands = map[string]func(options){}
 
 func parse(name string, args []string) options {
 	var o options
@@ -90,6 +100,12 @@ func parse(name string, args []string) options {
 	fs.StringVar(&o.identity, "identity", "", "the candidate's value")
 	fs.IntVar(&o.ttl, "ttl", 5, "session TTL in seconds")
 	fs.IntVar(&o.weight, "weight", 10, "an endpoint's weight (endpoints-add)")
+	fs.StringVar(&o.value, "value", "", "a value to write (queues, counters, STM)")
+	fs.IntVar(&o.count, "count", 0, "participants (double barrier) or how many items/operations")
+	fs.IntVar(&o.priority, "priority", 0, "an item's priority (priority queue)")
+	fs.IntVar(&o.n, "n", 1, "how many times to repeat the operation")
+	fs.StringVar(&o.items, "items", "", "comma-separated items or keys")
+	fs.StringVar(&o.isolation, "isolation", "serializable-snapshot", "STM isolation level")
 	_ = fs.Parse(args)
 	return o
 }
@@ -340,27 +356,24 @@ func listEndpoints(ctx context.Context, manager endpoints.Manager) {
 	emit("endpoints", map[string]any{"endpoints": listed})
 }
 
+func init() {
+	commands["campaign"] = campaign
+	commands["leader"] = leader
+	commands["watch-require-leader"] = watchRequireLeader
+	commands["mutex-key"] = mutexKey
+	commands["endpoints-add"] = endpointsAdd
+	commands["endpoints-list"] = endpointsList
+}
+
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: peer campaign|leader|watch-require-leader|mutex-key|endpoints-add|endpoints-list [flags]")
+		fmt.Fprintln(os.Stderr, "usage: peer SUBCOMMAND [flags] (see the package comment)")
 		os.Exit(2)
 	}
-	o := parse(os.Args[1], os.Args[2:])
-	switch os.Args[1] {
-	case "campaign":
-		campaign(o)
-	case "leader":
-		leader(o)
-	case "watch-require-leader":
-		watchRequireLeader(o)
-	case "mutex-key":
-		mutexKey(o)
-	case "endpoints-add":
-		endpointsAdd(o)
-	case "endpoints-list":
-		endpointsList(o)
-	default:
+	run, known := commands[os.Args[1]]
+	if !known {
 		fmt.Fprintf(os.Stderr, "peer: unknown subcommand %q\n", os.Args[1])
 		os.Exit(2)
 	}
+	run(parse(os.Args[1], os.Args[2:]))
 }
