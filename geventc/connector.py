@@ -45,17 +45,21 @@ from .wire import (
 if TYPE_CHECKING:
     from .recipes.base import Recipe, Release
     from .recipes.config import ConfigWatcher
+    from .recipes.counter import Counter
     from .recipes.election import LeaderElector
     from .recipes.ephemeral import EphemeralKey
+    from .recipes.group import GroupMember
     from .recipes.health import HealthMonitor
     from .recipes.lock import Lock
     from .recipes.observer import Observer
+    from .recipes.partitioner import Partitioner
     from .recipes.rwlock import RWLock
     from .recipes.semaphore import Semaphore
     from .recipes.tracker import ServiceTracker
     from .registry import Registry
     from .resolver import Resolver
     from .retry import RetryPolicy
+    from .stm import STM, Isolation
 
 log = logging.getLogger("geventc")
 
@@ -337,6 +341,61 @@ class Connector:
         from .recipes.semaphore import Semaphore
 
         return Semaphore(self, path, max_holders, ttl=ttl)
+
+    def counter(self, path: str) -> Counter:
+        """An atomic integer counter stored at the key ``path``."""
+        from .recipes.counter import Counter
+
+        return Counter(self, path)
+
+    def partitioner(
+        self,
+        path: str,
+        items: Iterable[str],
+        identity: str,
+        *,
+        ttl: int = 10,
+        auto_release: bool = False,
+    ) -> Partitioner:
+        """Split ``items`` among the live members of ``path`` (kazoo's
+        ``SetPartitioner``); with ``auto_release`` a membership change releases and
+        re-allocates without waiting for ``release_set()``."""
+        from .recipes.partitioner import Partitioner
+
+        return Partitioner(self, path, items, identity, ttl=ttl, auto_release=auto_release)
+
+    # ``conn.group`` is the connector's greenlet group (RecipeHost.group): the factory
+    # of group membership is ``group_member``.
+    def group_member(
+        self,
+        path: str,
+        identity: str | None,
+        *,
+        capabilities: Any = None,
+        ttl: int = 10,
+    ) -> GroupMember:
+        """Membership of ``identity`` in the group at ``path``, with ``capabilities``
+        (tooz groups, kazoo ``Party``); ``identity=None`` watches the group without
+        joining."""
+        from .recipes.group import GroupMember
+
+        return GroupMember(self, path, identity, capabilities=capabilities, ttl=ttl)
+
+    def stm(
+        self,
+        apply: Callable[[STM], Any],
+        *,
+        isolation: Isolation | str = "serializable_snapshot",
+        retries: int | None = None,
+        prefetch: Iterable[str | bytes] = (),
+    ) -> Any:
+        """Run ``apply(tx)`` as a software transaction (etcd ``concurrency.STM``):
+        re-run on conflict until it commits (at most ``retries`` more times, if
+        given); returns what ``apply`` returned. ``prefetch`` keys are read in one
+        request first."""
+        from .stm import run_stm
+
+        return run_stm(self, apply, isolation=isolation, retries=retries, prefetch=prefetch)
 
     def txn_guard(self, elector: LeaderElector) -> Comparison:
         """The comparison that lets a txn succeed only while ``elector`` leads."""

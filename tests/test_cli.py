@@ -271,6 +271,34 @@ def test_elect_leads_hands_over_and_resigns(
     assert client.get_prefix(path + "/").kvs == ()
 
 
+def test_lock_holds_while_the_command_runs_and_passes_its_exit_code(
+    etcd: EtcdTestContext, spawn: Callable[..., Running]
+) -> None:
+    client = etcd.client()
+    name = etcd.key("nightly")
+    done = run(*endpoint_args(etcd), "lock", name, "--", "sh", "-c",
+               'echo "$ETCD_LOCK_KEY $ETCD_LOCK_REV"; exit 7')  # fmt: skip
+    assert done.code == 7, done.stderr
+    key, shown, rev = done.stdout.split()
+    assert key == shown and key.startswith(name + "/") and int(rev) > 0
+    assert client.get_prefix(name + "/").kvs == ()  # released after the command
+    holder = spawn(*endpoint_args(etcd), "--json", "lock", name, "--ttl", "5")
+    held = holder.json()
+    assert held["event"] == "ACQUIRED" and held["key"].startswith(name + "/")
+    refused = run(*endpoint_args(etcd), "lock", name, "--wait", "0.5", "--", "true")
+    assert refused.code == 1 and "not acquired within 0.5s" in refused.stderr
+    assert [kv.key.decode() for kv in client.get_prefix(name + "/").kvs] == [held["key"]]
+    waiting = spawn(*endpoint_args(etcd), "lock", name, "--", "echo", "mine")
+    gevent.sleep(0.5)
+    assert waiting.process.poll() is None  # waits for the holder
+    released = holder.interrupt()
+    assert released.code == 130 and released.json()[-1]["event"] == "RELEASED"
+    finished = waiting.finish(10)
+    assert finished.code == 0 and finished.stdout.splitlines()[-1] == "mine"
+    misused = run(*endpoint_args(etcd), "get", name, "--", "x")
+    assert misused.code == 2 and "'--' is for 'lock" in misused.stderr
+
+
 def test_register_and_resolve(etcd: EtcdTestContext, spawn: Callable[..., Running]) -> None:
     options = namespaced(etcd)
     server = spawn(*options, "--json", "register", "echo", "127.0.0.1:8888", "--weight", "66",

@@ -56,8 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     the exit code."""
     patch_gevent()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    trailing = None
+    if "--" in argv:  # lock NAME [options] -- COMMAND ARGS: the command is not parsed
+        split = argv.index("--")
+        argv, trailing = argv[:split], argv[split + 1 :]
     try:
         args = parser.parse_args(argv)
+        if trailing is not None:
+            if not hasattr(args, "exec_command"):
+                parser.error(f"'--' is for 'lock NAME -- COMMAND', not for {args.command!r}")
+            args.exec_command = [*args.exec_command, *trailing]
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     configure_logging(args.verbose)
