@@ -29,15 +29,23 @@ if TYPE_CHECKING:
     from .lease import LeaseState
     from .recipes.base import RecipeError
     from .recipes.config import ConfigChange, ConfigWatcher
+    from .recipes.contender import LockEvent, LockStatus
+    from .recipes.counter import Counter
     from .recipes.election import ElectionEvent, ElectionStatus, LeaderElector
     from .recipes.ephemeral import EphemeralEvent, EphemeralKey, EphemeralStatus
+    from .recipes.group import GroupEvent, GroupEventKind, GroupMember
     from .recipes.health import ClusterHealth, ClusterStatus, HealthMonitor, MemberHealth
+    from .recipes.lock import Lock
     from .recipes.observer import Observer, WatchEvent
+    from .recipes.partitioner import Partitioner, PartitionEvent, PartitionState
+    from .recipes.rwlock import ReadLock, RWLock, WriteLock
+    from .recipes.semaphore import Semaphore
     from .recipes.tracker import ServiceSnapshot, ServiceTracker
     from .registry import Registry
     from .resolver import Resolver, ServiceInstances
     from .retry import RetryPolicy
     from .staleness import Staleness
+    from .stm import STM, Isolation
     from .transport import TLSConfig
     from .txn import Compare, Comparison, Op, TxnOp
     from .watchstream import WatchStream
@@ -71,6 +79,7 @@ _LAZY: dict[str, str] = {
     "ConfigChange": "recipes.config",
     "ConfigWatcher": "recipes.config",
     "Connector": "connector",
+    "Counter": "recipes.counter",
     "DeleteResult": "wire",
     "ElectionEvent": "recipes.election",
     "ElectionStatus": "recipes.election",
@@ -80,26 +89,40 @@ _LAZY: dict[str, str] = {
     "EtcdError": "errors",
     "Event": "wire",
     "EventType": "wire",
+    "GroupEvent": "recipes.group",
+    "GroupEventKind": "recipes.group",
+    "GroupMember": "recipes.group",
     "Header": "wire",
     "Health": "wire",
     "HealthMonitor": "recipes.health",
     "Instance": "instances",
     "InvalidArgument": "errors",
+    "Isolation": "stm",
     "KeyValue": "wire",
     "LeaderElector": "recipes.election",
     "Lease": "wire",
     "LeaseState": "lease",
     "LeaseTimeToLive": "wire",
+    "Lock": "recipes.lock",
+    "LockEvent": "recipes.contender",
+    "LockStatus": "recipes.contender",
     "Member": "wire",
     "MemberHealth": "recipes.health",
     "Observer": "recipes.observer",
     "Op": "txn",
+    "PartitionEvent": "recipes.partitioner",
+    "PartitionState": "recipes.partitioner",
+    "Partitioner": "recipes.partitioner",
     "PutResult": "wire",
+    "RWLock": "recipes.rwlock",
     "RangeResult": "wire",
+    "ReadLock": "recipes.rwlock",
     "RecipeError": "recipes.base",
     "Registry": "registry",
     "Resolver": "resolver",
     "RetryPolicy": "retry",
+    "STM": "stm",
+    "Semaphore": "recipes.semaphore",
     "ServiceInstances": "resolver",
     "ServiceSnapshot": "recipes.tracker",
     "ServiceTracker": "recipes.tracker",
@@ -112,6 +135,7 @@ _LAZY: dict[str, str] = {
     "WatchEvent": "recipes.observer",
     "WatchResponse": "wire",
     "WatchStream": "watchstream",
+    "WriteLock": "recipes.rwlock",
     "connect": "connector",
     "errors": "",
     "prepare_endpoint_list": "connector",
@@ -133,6 +157,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "STM",
     "Channel",
     "Client",
     "ClusterHealth",
@@ -142,6 +167,7 @@ __all__ = [
     "ConfigChange",
     "ConfigWatcher",
     "Connector",
+    "Counter",
     "DeleteResult",
     "ElectionEvent",
     "ElectionStatus",
@@ -151,26 +177,39 @@ __all__ = [
     "EtcdError",
     "Event",
     "EventType",
+    "GroupEvent",
+    "GroupEventKind",
+    "GroupMember",
     "Header",
     "Health",
     "HealthMonitor",
     "Instance",
     "InvalidArgument",
+    "Isolation",
     "KeyValue",
     "LeaderElector",
     "Lease",
     "LeaseState",
     "LeaseTimeToLive",
+    "Lock",
+    "LockEvent",
+    "LockStatus",
     "Member",
     "MemberHealth",
     "Observer",
     "Op",
+    "PartitionEvent",
+    "PartitionState",
+    "Partitioner",
     "PutResult",
+    "RWLock",
     "RangeResult",
+    "ReadLock",
     "RecipeError",
     "Registry",
     "Resolver",
     "RetryPolicy",
+    "Semaphore",
     "ServiceInstances",
     "ServiceSnapshot",
     "ServiceTracker",
@@ -183,6 +222,7 @@ __all__ = [
     "WatchEvent",
     "WatchResponse",
     "WatchStream",
+    "WriteLock",
     "connect",
     "errors",
     "prepare_endpoint_list",

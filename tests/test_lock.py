@@ -294,3 +294,19 @@ def _answers(conn: geventc.Connector) -> bool:
         return True
     except geventc.EtcdError:
         return False
+
+
+def test_stop_ends_an_acquire_waiting_in_another_greenlet(
+    conn: geventc.Connector, other: geventc.Connector
+) -> None:
+    holder = other.lock("/locks/stop")
+    assert holder.acquire()
+    lock = conn.lock("/locks/stop")
+    waiting = gevent.spawn(lock.acquire)
+    wait_until(lambda: len(conn.get_prefix("/locks/stop/").kvs) == 2, 5, "queued")
+    assert lock.stop().confirmed
+    with pytest.raises(RecipeStateError, match="stopped while acquiring"):
+        waiting.get(timeout=5)
+    assert len(conn.get_prefix("/locks/stop/").kvs) == 1  # only the holder's key
+    assert conn.lease_keeper.leases() == []
+    holder.stop()

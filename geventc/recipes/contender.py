@@ -246,6 +246,13 @@ class Contender(Recipe[LockEvent]):
         lock that is neither held nor lost raises :class:`NotLockHolder`."""
         if not self._key and self._lost is None:
             raise NotLockHolder(f"{self!r} is not held; acquire() it first")
+        if not self._key and self._cleaning:  # lost: its key is being deleted
+            self._lost = None
+            return unconfirmed(
+                f"confirm {self.path.decode('utf-8', 'replace')} released",
+                None,
+                "the lock was lost and etcd has not confirmed its key deleted yet",
+            )
         self._lost = None
         outcome = self._delete_key(time.monotonic() + self._conn.stop_timeout)
         if outcome.confirmed:
@@ -405,7 +412,9 @@ class Contender(Recipe[LockEvent]):
 
     def _turn(self) -> bool | None:
         """From the watch's copy: True when held, False when our key is gone (or its
-        lease), None while waiting."""
+        lease), None while waiting; raises :class:`RecipeStateError` once stopped."""
+        if not self._running:
+            raise RecipeStateError(f"{self!r} was stopped while acquiring")
         if self._state_revision < self._revision:
             return None  # the copy does not show our key yet
         mine = self._state.get(self._key)
@@ -553,6 +562,7 @@ class Contender(Recipe[LockEvent]):
         self._conn.group.spawn(after_cleaning)
 
     def _release(self) -> Release | None:
+        self._wake.set()  # an acquire waiting in another greenlet ends
         self._unwatch()
         outcome = self._delete_key(self._release_deadline)
         self._lost = None
