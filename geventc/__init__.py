@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .errors import EtcdError, InvalidArgument
     from .instances import Instance
     from .lease import LeaseState
+    from .recipes.barrier import Barrier, DoubleBarrier, DoubleBarrierEvent, DoubleBarrierStatus
     from .recipes.base import RecipeError
     from .recipes.config import ConfigChange, ConfigWatcher
     from .recipes.contender import LockEvent, LockStatus
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
+    "Barrier": "recipes.barrier",
     "Channel": "channel",
     "Client": "client",
     "ClusterHealth": "recipes.health",
@@ -81,6 +83,9 @@ _LAZY: dict[str, str] = {
     "Connector": "connector",
     "Counter": "recipes.counter",
     "DeleteResult": "wire",
+    "DoubleBarrier": "recipes.barrier",
+    "DoubleBarrierEvent": "recipes.barrier",
+    "DoubleBarrierStatus": "recipes.barrier",
     "ElectionEvent": "recipes.election",
     "ElectionStatus": "recipes.election",
     "EphemeralEvent": "recipes.ephemeral",
@@ -158,6 +163,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "STM",
+    "Barrier",
     "Channel",
     "Client",
     "ClusterHealth",
@@ -169,6 +175,9 @@ __all__ = [
     "Connector",
     "Counter",
     "DeleteResult",
+    "DoubleBarrier",
+    "DoubleBarrierEvent",
+    "DoubleBarrierStatus",
     "ElectionEvent",
     "ElectionStatus",
     "EphemeralEvent",

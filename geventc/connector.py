@@ -43,6 +43,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
+    from .recipes.barrier import Barrier, DoubleBarrier
     from .recipes.base import Recipe, Release
     from .recipes.config import ConfigWatcher
     from .recipes.counter import Counter
@@ -341,6 +342,19 @@ class Connector:
         from .recipes.semaphore import Semaphore
 
         return Semaphore(self, path, max_holders, ttl=ttl)
+
+    def barrier(self, path: str) -> Barrier:
+        """A barrier at ``path`` (Go recipes ``Barrier``): hold, release, wait."""
+        from .recipes.barrier import Barrier
+
+        return Barrier(self, path)
+
+    def double_barrier(self, path: str, count: int, *, ttl: int = 10) -> DoubleBarrier:
+        """A double barrier of ``count`` participants at ``path`` (Go recipes
+        ``DoubleBarrier``): enter, leave."""
+        from .recipes.barrier import DoubleBarrier
+
+        return DoubleBarrier(self, path, count, ttl=ttl)
 
     def counter(self, path: str) -> Counter:
         """An atomic integer counter stored at the key ``path``."""
