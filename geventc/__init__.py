@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .recipes.lock import Lock
     from .recipes.observer import Observer, WatchEvent
     from .recipes.partitioner import Partitioner, PartitionEvent, PartitionState
+    from .recipes.queue import ClaimedItem, ClaimEvent, ClaimStatus, PriorityQueue, Queue, QueueItem
     from .recipes.rwlock import ReadLock, RWLock, WriteLock
     from .recipes.semaphore import Semaphore
     from .recipes.tracker import ServiceSnapshot, ServiceTracker
@@ -73,6 +74,9 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "Barrier": "recipes.barrier",
     "Channel": "channel",
+    "ClaimEvent": "recipes.queue",
+    "ClaimStatus": "recipes.queue",
+    "ClaimedItem": "recipes.queue",
     "Client": "client",
     "ClusterHealth": "recipes.health",
     "ClusterStatus": "recipes.health",
@@ -118,7 +122,10 @@ _LAZY: dict[str, str] = {
     "PartitionEvent": "recipes.partitioner",
     "PartitionState": "recipes.partitioner",
     "Partitioner": "recipes.partitioner",
+    "PriorityQueue": "recipes.queue",
     "PutResult": "wire",
+    "Queue": "recipes.queue",
+    "QueueItem": "recipes.queue",
     "RWLock": "recipes.rwlock",
     "RangeResult": "wire",
     "ReadLock": "recipes.rwlock",
@@ -165,6 +172,9 @@ __all__ = [
     "STM",
     "Barrier",
     "Channel",
+    "ClaimEvent",
+    "ClaimStatus",
+    "ClaimedItem",
     "Client",
     "ClusterHealth",
     "ClusterStatus",
@@ -210,7 +220,10 @@ __all__ = [
     "PartitionEvent",
     "PartitionState",
     "Partitioner",
+    "PriorityQueue",
     "PutResult",
+    "Queue",
+    "QueueItem",
     "RWLock",
     "RangeResult",
     "ReadLock",

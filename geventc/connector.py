@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .recipes.lock import Lock
     from .recipes.observer import Observer
     from .recipes.partitioner import Partitioner
+    from .recipes.queue import PriorityQueue, Queue
     from .recipes.rwlock import RWLock
     from .recipes.semaphore import Semaphore
     from .recipes.tracker import ServiceTracker
@@ -361,6 +362,19 @@ class Connector:
         from .recipes.counter import Counter
 
         return Counter(self, path)
+
+    def queue(self, path: str, *, ttl: int = 10) -> Queue:
+        """A FIFO queue at ``path`` (Go recipes ``Queue``); claims are held on a lease of
+        ``ttl`` seconds."""
+        from .recipes.queue import Queue
+
+        return Queue(self, path, ttl=ttl)
+
+    def priority_queue(self, path: str, *, ttl: int = 10) -> PriorityQueue:
+        """A priority queue at ``path`` (Go recipes ``PriorityQueue``)."""
+        from .recipes.queue import PriorityQueue
+
+        return PriorityQueue(self, path, ttl=ttl)
 
     def partitioner(
         self,

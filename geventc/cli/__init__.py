@@ -32,7 +32,7 @@ import os
 import signal
 import sys
 
-from . import cluster, coordination, dev, keys, services
+from . import cluster, coordination, dev, keys, queue, services
 from .options import Parser, add_common_options
 from .process import configure_logging, interruptible, patch_gevent, stderr
 from .settings import (
@@ -48,7 +48,7 @@ from .settings import (
 __all__ = ["build_parser", "main"]
 
 #: The command modules, in the order ``--help`` lists their subcommands.
-COMMAND_GROUPS = (keys, coordination, services, cluster, dev)
+COMMAND_GROUPS = (keys, coordination, queue, services, cluster, dev)
 
 
 def main(argv: list[str] | None = None) -> int:
