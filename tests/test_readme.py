@@ -40,10 +40,16 @@ def test_quickstart_runs_as_pasted() -> None:
     assert _run(code) == ["blue", "leader: True", "PUT /config/color green"]
 
 
-@pytest.mark.parametrize("index", range(len(_blocks("Recipes"))))
-def test_recipe_examples_run_as_pasted(index: int) -> None:
-    code = _blocks("Recipes")[index]
-    output = _run(code)
+EXAMPLES = [
+    (section, index)
+    for section in ("Recipes", "Coordination toolkit")
+    for index in range(len(_blocks(section)))
+]
+
+
+@pytest.mark.parametrize(("section", "index"), EXAMPLES)
+def test_recipe_examples_run_as_pasted(section: str, index: int) -> None:
+    code = _blocks(section)[index]
     expected = _expected(code)
     assert expected, "each example promises its output in comments"
-    assert output[: len(expected)] == expected
+    assert _run(code)[: len(expected)] == expected
