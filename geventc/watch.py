@@ -271,9 +271,11 @@ class PrefixWatch:
         the greenlet has ended)."""
         if self._liveness is not None:
             self._liveness.unfollow(self)
+        # the greenlet first: a stream cancelled under it would end its loop's turn and
+        # open another stream before the kill arrived
+        self._greenlet.kill(block=block, timeout=1.0)
         if self._stream is not None:
             self._stream.cancel()
-        self._greenlet.kill(block=block, timeout=1.0)
 
     # --- the watching greenlet ---------------------------------------------------------
 

@@ -126,3 +126,26 @@ def test_watch_compacted_while_disconnected_raises(private_server: EtcdServer) -
     client.compact(newest)
     with pytest.raises(Compacted), gevent.Timeout(10):
         _collect(stream, 2)
+
+
+def test_leaving_a_shared_watch_opens_no_new_stream(etcd: EtcdTestContext) -> None:
+    import geventc
+
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as conn:
+        conn.put("/w/a", "1")
+
+        def listener(update: object) -> None:
+            pass
+
+        conn.hub.subscribe(b"/w/", listener)  # a read and a stream, once
+        conn.hub.unsubscribe(b"/w/", listener)
+        gevent.sleep(0.1)
+        sent = conn.client.transport.requests
+        for _ in range(10):
+            watch = conn.hub.subscribe(b"/w/", listener)
+            while not watch.synced:
+                gevent.sleep(0.01)
+            gevent.sleep(0.05)  # its stream is open
+            conn.hub.unsubscribe(b"/w/", listener)
+        gevent.sleep(0.2)
+        assert conn.client.transport.requests - sent == 20  # a read and a stream per cycle
