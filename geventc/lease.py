@@ -454,8 +454,12 @@ class LeaseKeeper:
     def release_later(
         self, lease: KeptLease, listener: LeaseListener, *, exclusive_of: bytes | None = None
     ) -> None:
-        """:meth:`release` in the background (a holder out of time lets go without
-        waiting for etcd); until it is confirmed, :meth:`unrevoked` counts the lease."""
+        """:meth:`release` without waiting for etcd (a holder out of time lets go): at
+        once while other holders keep the lease (no request), else its revocation goes
+        to the background, and :meth:`unrevoked` counts the lease until it is confirmed."""
+        if lease.holders > 1:
+            self.release(lease, listener, exclusive_of=exclusive_of)
+            return
         self._unrevoked[id(lease)] = time.monotonic() + lease.expires_in
         self._group.spawn(self.release, lease, listener, exclusive_of=exclusive_of)
 

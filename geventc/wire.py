@@ -122,16 +122,13 @@ class Header:
     raft_term: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    """One key with its value and MVCC metadata."""
+class KeyValueText:
+    """``key_str`` and ``value_str`` of a stored key and its value (a mixin of the
+    dataclasses that carry ``key`` and ``value`` bytes)."""
 
+    __slots__ = ()
     key: bytes
-    value: bytes = b""
-    create_revision: int = 0
-    mod_revision: int = 0
-    version: int = 0
-    lease: int = 0
+    value: bytes
 
     @property
     def key_str(self) -> str:
@@ -142,6 +139,18 @@ class KeyValue:
     def value_str(self) -> str:
         """The value decoded as UTF-8."""
         return self.value.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue(KeyValueText):
+    """One key with its value and MVCC metadata."""
+
+    key: bytes
+    value: bytes = b""
+    create_revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""Fixtures shared by the tests: a connector on the test's private prefix and a private
-etcd server (the ``etcd*`` fixtures come from geventc's pytest plugin)."""
+"""Fixtures shared by the tests: a connector on the test's private prefix (and a second
+one, as another process would have), and a private etcd server (the ``etcd*`` fixtures
+come from geventc's pytest plugin)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def conn_namespace(etcd: EtcdTestContext) -> str:
 @pytest.fixture
 def conn(etcd: EtcdTestContext, conn_namespace: str) -> Iterator[geventc.Connector]:
     """A connector on the session's etcd, in ``conn_namespace``."""
+    with geventc.connect(etcd.endpoints, namespace=conn_namespace) as connector:
+        yield connector
+
+
+@pytest.fixture
+def other(etcd: EtcdTestContext, conn_namespace: str) -> Iterator[geventc.Connector]:
+    """A second connector in ``conn``'s namespace, with its own client, connections and
+    leases: another process, as far as etcd can tell."""
     with geventc.connect(etcd.endpoints, namespace=conn_namespace) as connector:
         yield connector
 

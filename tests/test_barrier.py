@@ -4,11 +4,12 @@ too many participants, participants that die, and bad input."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.server import paused
 from helpers.waiting import wait_until
 
 import geventc
@@ -31,13 +32,6 @@ from geventc.testing.plugin import EtcdTestContext
 
 QUIET = 0.5  # seconds a call that must block is watched for
 TTL = 2  # etcd's smallest lease TTL: a dead participant's key goes within it
-
-
-@pytest.fixture
-def other(etcd: EtcdTestContext, conn_namespace: str) -> Iterator[geventc.Connector]:
-    """A second connector (another process, as far as etcd can tell) in conn's namespace."""
-    with geventc.connect(etcd.endpoints, namespace=conn_namespace) as connector:
-        yield connector
 
 
 def blocked(greenlets: list[gevent.Greenlet], seconds: float = QUIET) -> None:
@@ -407,11 +401,8 @@ def test_a_suspended_lease_is_reported_and_entering_goes_on(private_server: Etcd
         waiting = conn.double_barrier("/db", 2, ttl=3)
         entering = gevent.spawn(waiting.enter)
         wait_until(lambda: waiting.key is not None, 2.0, "the waiter key is written")
-        private_server.pause(0)
-        try:
+        with paused(private_server):
             assert next_status(waiting, timeout=3.0) is DoubleBarrierStatus.SUSPENDED
-        finally:
-            private_server.resume(0)
         assert next_status(waiting, timeout=3.0) is DoubleBarrierStatus.RESUMED
         assert not entering.ready()
         partner = conn.double_barrier("/db", 2, ttl=3)

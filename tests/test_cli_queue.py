@@ -5,39 +5,18 @@ give the item back on failure or Ctrl-C, and usage errors."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gevent
 import pytest
+from helpers.cli import Done, assert_error_line, run, start
 from helpers.waiting import wait_until
 
 import geventc
 from geventc.testing.plugin import EtcdTestContext
-
-COMMAND = [sys.executable, "-m", "geventc"]
-
-
-@dataclass
-class Done:
-    """A finished command."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.splitlines()]
-
-
-def environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("GEVENTC_")}
 
 
 class Queue:
@@ -49,24 +28,10 @@ class Queue:
         self.conn = conn
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*COMMAND, "queue", *args, *self.options],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment(),
-        )
+        return start("queue", *args, *self.options)
 
     def run(self, *args: str, timeout: float = 20.0) -> Done:
-        process = self.start(*args)
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            raise AssertionError(f"geventc queue {' '.join(args)} ran for {timeout}s") from None
-        return Done(process.returncode, stdout, stderr)
+        return run("queue", *args, *self.options, timeout=timeout)
 
     def values(self, path: str) -> list[bytes]:
         return [kv.value for kv in self.conn.get_prefix(path + "/").kvs]
@@ -78,14 +43,6 @@ class Queue:
 @pytest.fixture
 def queue(etcd: EtcdTestContext, conn: geventc.Connector) -> Iterator[Queue]:
     yield Queue(etcd, conn)
-
-
-def one_error_line(done: Done, *fragments: str) -> None:
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("geventc: error: "), done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], done.stderr
 
 
 def test_put_and_take_first_in_first_out(queue: Queue) -> None:
@@ -100,7 +57,7 @@ def test_put_and_take_first_in_first_out(queue: Queue) -> None:
     assert taken["revision"] == written["revision"]
     empty = queue.run("take", "/jobs", "--wait", "0.2")
     assert empty.code == 1 and empty.stdout == ""
-    one_error_line(empty, "no item in /jobs within 0.2s")
+    assert_error_line(empty.stderr, "no item in /jobs within 0.2s")
 
 
 def test_priority_queue(queue: Queue) -> None:
@@ -179,8 +136,6 @@ def test_interrupted_claim_gives_the_item_back(queue: Queue) -> None:
     ],
 )
 def test_usage_errors(args: list[str], fragment: str) -> None:
-    process = subprocess.run(
-        [*COMMAND, *args], capture_output=True, text=True, env=environment(), timeout=20
-    )
-    assert process.returncode == 2, process.stderr
-    assert fragment in process.stderr and "Traceback" not in process.stderr
+    done = run(*args)
+    assert done.code == 2, done.stderr
+    assert fragment in done.stderr and "Traceback" not in done.stderr

@@ -15,15 +15,7 @@ import geventc
 from geventc.errors import IndeterminateWrite, InvalidArgument, ProtocolError
 from geventc.recipes.counter import INT64_MAX, INT64_MIN, Counter
 from geventc.testing import EtcdServer, FaultProxy
-from geventc.testing.plugin import EtcdTestContext
 from geventc.wire import TxnResult
-
-
-@pytest.fixture
-def other(etcd: EtcdTestContext, conn_namespace: str) -> Iterator[geventc.Connector]:
-    """A second connector (its own client and connections) in ``conn``'s namespace."""
-    with geventc.connect(etcd.endpoints, namespace=conn_namespace) as connector:
-        yield connector
 
 
 def test_missing_key_is_zero_and_values_are_decimal_text(conn: geventc.Connector) -> None:

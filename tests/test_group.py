@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
-import gevent
 import pytest
 from helpers.channels import next_of
 from helpers.gate import Gate
+from helpers.process import next_line, python_process
 
 import geventc
 from geventc import Channel, RecipeError
@@ -141,16 +139,8 @@ def test_a_dead_member_leaves_within_its_ttl(
 ) -> None:
     ttl = 2
     args = [",".join(etcd.endpoints), conn_namespace, "/dead", "doomed", str(ttl)]
-    process = subprocess.Popen(
-        [sys.executable, "-c", MEMBER, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        with gevent.Timeout(15):
-            assert process.stdout.readline().strip() == "joined"
+    with python_process(MEMBER, *args) as process:
+        assert next_line(process, 15) == "joined"
         watcher = GroupMember(conn, "/dead", None)
         seen = watcher.start()
         assert watcher.members() == {"doomed": {"pid": 1}}
@@ -160,9 +150,6 @@ def test_a_dead_member_leaves_within_its_ttl(
         took = time.monotonic() - killed
         assert took < ttl + 1.0, f"the dead member left after {took:.2f}s (ttl {ttl}s)"
         assert watcher.members() == {}
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_own_key_left_on_an_old_lease_is_moved_not_refused(private_server: EtcdServer) -> None:

@@ -8,6 +8,7 @@ import time
 import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.server import paused
 from helpers.waiting import wait_until
 
 import geventc
@@ -20,19 +21,11 @@ from geventc.errors import (
 )
 from geventc.recipes.contender import Contender, LockEvent, LockStatus
 from geventc.testing import EtcdServer
-from geventc.testing.plugin import EtcdTestContext
 
 
 def next_status(holder: Contender, timeout: float = 10.0) -> LockStatus:
     """The status of the holder's next LockEvent."""
     return next_of(holder.channel, LockEvent, timeout).status
-
-
-@pytest.fixture
-def other(etcd: EtcdTestContext, conn_namespace: str):  # type: ignore[no-untyped-def]
-    """A second connector (another process, as far as etcd can tell)."""
-    with geventc.connect(etcd.endpoints, namespace=conn_namespace) as connector:
-        yield connector
 
 
 def test_uncontended_acquire_and_release_use_gos_key_and_one_request_each(
@@ -175,15 +168,12 @@ def test_suspended_comes_before_lost_when_the_server_goes_away(
         lock = conn.lock("/locks/s", ttl=2)
         assert lock.acquire()
         assert next_status(lock) is LockStatus.ACQUIRED
-        private_server.pause(0)
-        try:
+        with paused(private_server):
             assert next_status(lock, 3) is LockStatus.SUSPENDED
             assert not lock.held and lock.fencing_token == 0
             with pytest.raises(NotLockHolder):
                 lock.guard()
             assert next_status(lock, 4) is LockStatus.LOST
-        finally:
-            private_server.resume(0)
         assert lock.acquire(timeout=5)  # on the lease granted after the loss
         assert lock.held
         lock.stop()

@@ -3,14 +3,13 @@ and on a member's death, lease loss, bad input."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 
 import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.process import python_process
 from helpers.waiting import wait_until
 
 import geventc
@@ -106,10 +105,7 @@ def test_a_dead_members_items_are_taken_over_within_its_ttl(
 ) -> None:
     ttl = 2
     args = [",".join(etcd.endpoints), conn_namespace, "/dead", "doomed", str(ttl), ",".join(ITEMS)]
-    process = subprocess.Popen(
-        [sys.executable, "-c", MEMBER, *args], stdout=subprocess.PIPE, text=True
-    )
-    try:
+    with python_process(MEMBER, *args) as process:
         parts = [conn.partitioner("/dead", ITEMS, name, ttl=ttl) for name in ("alive-1", "alive-2")]
         for p in parts:
             Caller(p)
@@ -128,9 +124,6 @@ def test_a_dead_members_items_are_taken_over_within_its_ttl(
         assert took < ttl + 1.5, f"its items were taken over after {took:.2f}s (ttl {ttl}s)"
         assert_split(conn, "/dead", parts)
         assert all(p.stop() for p in parts)
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_an_item_deleted_by_someone_else_means_release(conn: geventc.Connector) -> None:

@@ -5,15 +5,14 @@ nothing but their claimer, and bad input."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.process import next_line, python_process
+from helpers.server import paused
 from helpers.waiting import wait_until
 
 import geventc
@@ -33,13 +32,6 @@ from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
 
 TTL = 2  # the claims' lease where expiry is tested
-
-
-@pytest.fixture
-def other(etcd: EtcdTestContext, conn_namespace: str) -> Iterator[geventc.Connector]:
-    """A second connector (another consumer process) in the same namespace."""
-    with geventc.connect(etcd.endpoints, namespace=conn_namespace) as connector:
-        yield connector
 
 
 def values(items: list[object]) -> list[bytes]:
@@ -279,16 +271,9 @@ def test_a_claimer_that_dies_lets_the_item_be_claimed_within_the_ttl(
 ) -> None:
     queue = conn.queue("/dead", ttl=TTL)
     put = queue.put("work")
-    process = subprocess.Popen(
-        [sys.executable, "-c", CLAIMER, ",".join(etcd.endpoints), conn_namespace, str(TTL)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        with gevent.Timeout(10):
-            key, lease = process.stdout.readline().split()
+    args = [",".join(etcd.endpoints), conn_namespace, str(TTL)]
+    with python_process(CLAIMER, *args) as process:
+        key, lease = next_line(process, 10).split()
         assert key.encode() == put.key
         assert queue.claim(timeout=0) is None  # held by the live claimer
         process.kill()  # dies: nothing revokes its lease, which expires by its TTL
@@ -298,9 +283,6 @@ def test_a_claimer_that_dies_lets_the_item_be_claimed_within_the_ttl(
         assert item.key == put.key and time.monotonic() - died <= TTL + 1.5
         assert int(lease) not in conn.leases()
         item.ack()
-    finally:
-        process.kill()
-        process.wait()
     queue.stop()
 
 
@@ -337,11 +319,8 @@ def test_suspended_claim_is_reported_and_held_again(private_server: EtcdServer) 
         queue = conn.queue("/s", ttl=3)
         queue.put("v")
         item = claimed(queue)
-        private_server.pause(0)
-        try:
+        with paused(private_server):
             suspended = next_of(queue.channel, ClaimEvent, 5)
-        finally:
-            private_server.resume(0)
         assert suspended.status is ClaimStatus.SUSPENDED and not item.held
         assert next_of(queue.channel, ClaimEvent, 5).status is ClaimStatus.HELD
         assert item.held
@@ -354,13 +333,10 @@ def test_stop_without_an_answer_says_what_is_left(private_server: EtcdServer) ->
         queue = conn.queue("/gone", ttl=3)
         queue.put("v")
         item = claimed(queue)
-        private_server.pause(0)
-        try:
+        with paused(private_server):
             started = time.monotonic()
             release = queue.stop()
             assert time.monotonic() - started < conn.stop_timeout + 0.5
-        finally:
-            private_server.resume(0)
         assert not release and release.expires_in is not None and release.expires_in <= 3
         assert "could not give back the claims of /gone" in release.detail
         assert item.status is ClaimStatus.LOST  # never reported released

@@ -50,13 +50,6 @@ class CountingConnector(geventc.Connector):
 
 
 @pytest.fixture
-def other(etcd: EtcdTestContext, conn_namespace: str) -> Iterator[geventc.Connector]:
-    """A second connector in ``conn``'s namespace (another client, other connections)."""
-    with geventc.connect(etcd.endpoints, namespace=conn_namespace) as connector:
-        yield connector
-
-
-@pytest.fixture
 def counting(etcd: EtcdTestContext, conn_namespace: str) -> Iterator[CountingConnector]:
     with CountingConnector(etcd.endpoints, conn_namespace) as connector:
         yield connector

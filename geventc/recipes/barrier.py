@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import gevent
 from gevent.event import Event as Signal
 
 from .. import validate
@@ -41,11 +40,11 @@ from ..errors import (
 )
 from ..host import require_host
 from ..lease import KeptLease, LeaseState
-from ..retry import Backoff
 from ..txn import Compare, Op
 from ..watch import PrefixUpdate
 from ..wire import EventType, KeyValue, RangeResult
 from .base import Recipe, Release, unconfirmed
+from .leftover import delete_until_confirmed, let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -507,17 +506,16 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
 
     def _withdraw_later(self, key: bytes, lease_id: int) -> None:
         """Delete ``key`` once etcd answers, unless a new enter() or stop() did."""
-        backoff = Backoff(first=0.2, cap=2.0)
-        while self._running and self._key == key and not self._key_deleted:
-            try:
-                self._conn.txn([Compare.lease(key) == lease_id], [Op.delete(key)])
-            except EtcdError as exc:
-                log.info("%r: withdrawing %r failed (%s); retrying", self, key, exc)
-                gevent.sleep(backoff.next())
-                continue
-            if self._key == key:
-                self._forget_key()
-            return
+        if (
+            delete_until_confirmed(
+                self._conn,
+                {key: Compare.lease(key) == lease_id},
+                still_needed=lambda: self._running and self._key == key and not self._key_deleted,
+                owner=self,
+            )
+            and self._key == key
+        ):
+            self._forget_key()
 
     def _withdraw_leftover(self) -> None:
         """A key a failed enter could not withdraw goes before a new one is made."""
@@ -565,11 +563,12 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
         if lease is None:
             return None
         mine = bool(key) and not self._conn.closing  # closing revokes the lease
+        doomed = {key: Compare.lease(key) == key_lease} if mine else {}
         try:
             if mine:
-                self._conn.txn([Compare.lease(key) == key_lease], [Op.delete(key)])
-        except BaseException:
-            self._let_go_later(lease, key, key_lease)
+                self._conn.txn([doomed[key]], [Op.delete(key)])
+        except BaseException:  # no answer, or out of time: let go without waiting
+            self._leftover = let_go(self._conn, lease, self._on_lease, doomed, owner=self)
             raise
         revoked = self._conn.lease_keeper.release(lease, self._on_lease, timeout=self._remaining())
         if revoked is False and key and not mine:
@@ -577,36 +576,11 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
             return unconfirmed(self._held_text(), self._leftover, "its lease was not revoked")
         return None
 
-    def _let_go_later(self, lease: KeptLease, key: bytes, key_lease: int) -> None:
-        """Drop the lease share without waiting for etcd; the key is deleted in the
-        background while other holders keep the lease, else it goes with the lease."""
-        if lease.holders > 1:
-            self._leftover = None
-            self._conn.group.spawn(_delete_later, self._conn, key, lease, key_lease)
-            self._conn.lease_keeper.release(lease, self._on_lease)  # no I/O: others hold it
-        else:
-            self._leftover = lease.expires_in
-            self._conn.lease_keeper.release_later(lease, self._on_lease)
-
     def _held_text(self) -> str:
         return f"delete the waiter key of {self.path.decode('utf-8', 'replace')}"
 
     def _expires_in(self) -> float | None:
         return self._leftover
-
-
-def _delete_later(conn: RecipeHost, key: bytes, lease: KeptLease, lease_id: int) -> None:
-    """Delete a stopped participant's key that still sits on a shared lease, once etcd
-    answers; give up when the lease is gone (and the key with it) or the connector
-    closes."""
-    backoff = Backoff(first=0.2, cap=2.0)
-    while not conn.closed and lease.id == lease_id and lease.state is not LeaseState.CLOSED:
-        try:
-            conn.txn([Compare.lease(key) == lease_id], [Op.delete(key)])
-            return
-        except EtcdError as exc:
-            log.info("deleting the waiter key %r failed (%s); retrying", key, exc)
-            gevent.sleep(backoff.next())
 
 
 __all__ = ["Barrier", "DoubleBarrier", "DoubleBarrierEvent", "DoubleBarrierStatus"]

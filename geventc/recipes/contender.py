@@ -59,6 +59,7 @@ from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate
 from ..wire import KeyValue, RangeResult, TxnResult
 from .base import RELEASED, Recipe, Release, unconfirmed
+from .leftover import delete_until_confirmed
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -486,14 +487,14 @@ class Contender(Recipe[LockEvent]):
         self._lost = error
         self._emit(LockEvent(LockStatus.LOST, 0, key.decode("utf-8", "replace"), error))
         if key:
-            self._clean_later(key, [Compare.lease(key) == lease_id])
+            self._clean_later(key, Compare.lease(key) == lease_id)
 
     def _forget_key(self) -> None:
         """Drop the key of a failed attempt (deleted in the background if it is there)."""
         key, revision = self._key, self._revision
         self._key, self._revision, self._held = b"", 0, False
         if key and revision:
-            self._clean_later(key, [Compare.create_revision(key) == revision])
+            self._clean_later(key, Compare.create_revision(key) == revision)
 
     def _abandon(self) -> None:
         """After a failed or timed-out acquire: delete the key and give back the lease
@@ -511,11 +512,11 @@ class Contender(Recipe[LockEvent]):
         self._key, self._revision, self._held, self._suspended = b"", 0, False, False
         if not key:
             return RELEASED
-        guard = [Compare.create_revision(key) == revision]
+        guard = Compare.create_revision(key) == revision
         timer = gevent.Timeout(max(0.001, deadline - time.monotonic()))
         try:
             with timer:
-                self._conn.txn(guard, [Op.delete(key)])
+                self._conn.txn([guard], [Op.delete(key)])
             return RELEASED
         except (EtcdError, gevent.Timeout) as exc:
             if isinstance(exc, gevent.Timeout) and exc is not timer:
@@ -524,21 +525,12 @@ class Contender(Recipe[LockEvent]):
             self._clean_later(key, guard)
             return unconfirmed(f"delete {key.decode('utf-8', 'replace')}", None, cause)
 
-    def _clean_later(self, key: bytes, guard: list[Comparison]) -> None:
+    def _clean_later(self, key: bytes, guard: Comparison) -> None:
         """Delete ``key`` under ``guard`` in the background, retrying until etcd
         answers; the lease share is kept until then, so the key cannot outlive it."""
-
-        def clean() -> None:
-            backoff = Backoff(first=0.1)
-            while True:
-                try:
-                    self._conn.txn(guard, [Op.delete(key)])
-                    return
-                except EtcdError as exc:
-                    log.info("%r: deleting %r failed (%s); retrying", self, key, exc)
-                    gevent.sleep(backoff.next())
-
-        cleaner: gevent.Greenlet[Any, Any] = self._conn.group.spawn(clean)
+        cleaner: gevent.Greenlet[Any, Any] = self._conn.group.spawn(
+            delete_until_confirmed, self._conn, {key: guard}, owner=self
+        )
         self._cleaning.add(cleaner)
         cleaner.link(self._cleaning.discard)
 
@@ -557,7 +549,7 @@ class Contender(Recipe[LockEvent]):
 
         def after_cleaning() -> None:
             gevent.joinall(cleaners)
-            self._conn.lease_keeper.release(lease, self._on_lease, exclusive_of=name)
+            self._conn.lease_keeper.release_later(lease, self._on_lease, exclusive_of=name)
 
         self._conn.group.spawn(after_cleaning)
 

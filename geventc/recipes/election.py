@@ -44,6 +44,7 @@ from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate
 from ..wire import KeyValue, TxnResult
 from .base import Recipe, Release
+from .leftover import let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -320,8 +321,7 @@ class LeaderElector(Recipe[ElectionEvent]):
                 contention.resign(self._conn, contention.Claim(key, self._revision))
             self._delete_left_keys()
         except BaseException:  # no answer, or out of time: the key goes with the lease
-            self._leftover = lease.expires_in
-            self._conn.lease_keeper.release_later(lease, self._on_lease)
+            self._leftover = let_go(self._conn, lease, self._on_lease, {}, owner=self)
             raise
         self._conn.lease_keeper.release(lease, self._on_lease, timeout=self._remaining())
         return None

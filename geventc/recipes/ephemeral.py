@@ -24,7 +24,6 @@ until it is done or the shared lease ends).
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,17 +40,16 @@ from ..errors import (
     RetriesExhausted,
 )
 from ..lease import KeptLease, LeaseState
-from ..retry import Backoff, RetryPolicy
+from ..retry import RetryPolicy
 from ..staleness import Staleness
 from ..txn import Compare, Op
 from ..watch import PrefixUpdate
 from ..wire import RangeResult
 from .base import Recipe, RecipeError, Release, unconfirmed
+from .leftover import let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
-
-log = logging.getLogger("geventc")
 
 #: The retry policy of keys made with ``retry=None``: retry forever, backoff up to 5 s.
 RETRY_FOREVER = RetryPolicy(max_attempts=0, retry_delay=5.0)
@@ -325,11 +323,14 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
             return None
         mine = self._held and not self._conn.closing  # closing revokes the lease
         self._held = False
+        guard = Compare.lease(self.key) == lease.id
         try:
             if mine:
-                self._conn.txn([Compare.lease(self.key) == lease.id], [Op.delete(self.key)])
+                self._conn.txn([guard], [Op.delete(self.key)])
         except BaseException:  # no answer, or out of time: let go without waiting
-            self._let_go_later(lease)
+            self._leftover = let_go(
+                self._conn, lease, self._on_lease, {self.key: guard}, owner=self
+            )
             raise
         revoked = self._conn.lease_keeper.release(lease, self._on_lease, timeout=self._remaining())
         if revoked is False and not mine:  # the key was to go with the lease
@@ -337,33 +338,8 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
             return unconfirmed(self._held_text(), self._leftover, "its lease was not revoked")
         return None
 
-    def _let_go_later(self, lease: KeptLease) -> None:
-        """Drop this key's share of ``lease`` without waiting for etcd: while other
-        holders keep the lease alive, the key is deleted in the background; as its
-        last holder, the lease is revoked in the background (else it expires)."""
-        if lease.holders > 1:
-            self._leftover = None
-            self._conn.group.spawn(_delete_later, self._conn, self.key, lease, lease.id)
-            self._conn.lease_keeper.release(lease, self._on_lease)  # no I/O: others hold it
-        else:
-            self._leftover = lease.expires_in
-            self._conn.lease_keeper.release_later(lease, self._on_lease)
-
     def _held_text(self) -> str:
         return f"delete {self.key.decode('utf-8', 'replace')}"
 
     def _expires_in(self) -> float | None:
         return self._leftover
-
-
-def _delete_later(conn: RecipeHost, key: bytes, lease: KeptLease, lease_id: int) -> None:
-    """Delete a stopped key that still sits on a shared lease, once etcd answers; give up
-    when the lease is gone (and the key with it) or the connector closes."""
-    backoff = Backoff(first=0.2, cap=2.0)
-    while not conn.closed and lease.id == lease_id and lease.state is not LeaseState.CLOSED:
-        try:
-            conn.txn([Compare.lease(key) == lease_id], [Op.delete(key)])
-            return
-        except EtcdError as exc:
-            log.info("deleting stopped key %r failed (%s); retrying", key, exc)
-            gevent.sleep(backoff.next())

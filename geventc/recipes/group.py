@@ -54,8 +54,8 @@ A member's value that is not JSON (written by something else) is reported as a
 from __future__ import annotations
 
 import enum
+import functools
 import json
-import logging
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -77,16 +77,15 @@ from ..errors import (
 from ..lease import KeptLease, LeaseState
 from ..retry import Backoff
 from ..staleness import Staleness
-from ..txn import Compare, Op, TxnOp
+from ..txn import Compare, Op
 from ..watch import PrefixUpdate
 from ..wire import Event, EventType, KeyValue, RangeResult, TxnResult
 from .base import Recipe, RecipeError, Release
+from .leftover import created_at, delete_guarded, let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
-    from ..lease import LeaseListener
 
-log = logging.getLogger("geventc")
 
 #: The longest identity (or partitioner item) in UTF-8 bytes.
 MAX_NAME_BYTES = 1024
@@ -178,64 +177,6 @@ def decode_capabilities(value: bytes) -> Any:
         return json.loads(value)
     except (ValueError, RecursionError):
         return RawValue(value.decode("utf-8", "replace"))
-
-
-def guarded_deletes(keys: Mapping[bytes, int]) -> list[TxnOp]:
-    """One nested txn per key deleting it only while it is the one created at its
-    revision (a txn of these succeeds whoever holds the keys now)."""
-    return [
-        Op.txn([Compare.create_revision(key) == revision], [Op.delete(key)])
-        for key, revision in keys.items()
-    ]
-
-
-def delete_guarded(conn: RecipeHost, keys: Mapping[bytes, int]) -> None:
-    """Delete each of ``keys`` still created at its revision, in as few requests as
-    etcd's ``--max-txn-ops`` allows (raises the request's error)."""
-    ops = guarded_deletes(keys)
-    for start in range(0, len(ops), validate.MAX_TXN_OPS):
-        conn.txn([], ops[start : start + validate.MAX_TXN_OPS])
-
-
-def let_go_later(
-    conn: RecipeHost,
-    keys: Mapping[bytes, int],
-    lease: KeptLease,
-    listener: LeaseListener,
-    local: bytes = b"",
-) -> float | None:
-    """Release ``keys`` and a share of ``lease`` in the background (etcd did not answer
-    in time); returns about how long the keys stay (None: until a retry succeeds)."""
-    shared = lease.holders > 1
-    conn.group.spawn(_let_go, conn, dict(keys), lease, listener, local)
-    return None if shared and keys else lease.expires_in
-
-
-def _let_go(
-    conn: RecipeHost,
-    keys: dict[bytes, int],
-    lease: KeptLease,
-    listener: LeaseListener,
-    local: bytes,
-) -> None:
-    """While other holders keep ``lease`` alive, retry deleting ``keys`` until done (or
-    the lease ends); then release the share (the last holder revokes the lease)."""
-    lease_id = lease.id
-    backoff = Backoff(first=0.2, cap=2.0)
-    try:
-        while keys and lease.holders > 1 and not conn.closed:
-            if lease.id != lease_id or lease.state is LeaseState.CLOSED:
-                break  # the keys went with the lease
-            try:
-                delete_guarded(conn, keys)
-                break
-            except EtcdError as exc:
-                log.info("deleting %d stopped key(s) failed (%s); retrying", len(keys), exc)
-                gevent.sleep(backoff.next())
-        conn.lease_keeper.release(lease, listener, timeout=conn.stop_timeout)
-    finally:
-        if local:
-            _drop_local(conn, local)
 
 
 def _take_local(conn: RecipeHost, key: bytes) -> bool:
@@ -470,7 +411,7 @@ class GroupMember(Recipe[GroupEvent | Staleness]):
                     claimed = self._claim()
                 except LeaseNotFound:  # gone on the server: it is replaced, then ACTIVE
                     lease.invalidate(used)
-                    return
+                    continue  # a replacement granted meanwhile is used at once
                 except EtcdError as exc:
                     self._report(exc)
                     gevent.sleep(backoff.next())
@@ -614,12 +555,14 @@ class GroupMember(Recipe[GroupEvent | Staleness]):
             return None
         mine = self._joined and not self._conn.closing  # closing revokes the lease
         self._joined = False
+        doomed = created_at({self._key: self._revision}) if mine else {}
         try:
-            if mine:
-                delete_guarded(self._conn, {self._key: self._revision})
+            delete_guarded(self._conn, doomed)
         except BaseException:  # no answer, or out of time: let go in the background
-            keys = {self._key: self._revision}
-            self._leftover = let_go_later(self._conn, keys, lease, self._on_lease, self._key)
+            then = functools.partial(_drop_local, self._conn, self._key) if local else None
+            self._leftover = let_go(
+                self._conn, lease, self._on_lease, doomed, then=then, owner=self
+            )
             raise
         if local:
             _drop_local(self._conn, self._key)

@@ -62,15 +62,8 @@ from ..txn import Compare, Op, TxnOp
 from ..watch import PrefixUpdate
 from ..wire import KeyValue, TxnResult
 from .base import Recipe, RecipeError, Release
-from .group import (
-    GroupEventKind,
-    GroupMember,
-    delete_guarded,
-    found_key,
-    group_path,
-    let_go_later,
-    member_name,
-)
+from .group import GroupEventKind, GroupMember, found_key, group_path, member_name
+from .leftover import created_at, delete_guarded, let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -355,7 +348,7 @@ class Partitioner(Recipe[PartitionEvent]):
     def _delete_items(self, items: Mapping[str, int]) -> None:
         """Delete our keys of ``items`` (each only while it is the one we created);
         raises the request's error (then they are still held)."""
-        delete_guarded(self._conn, {self._key(item): rev for item, rev in items.items()})
+        delete_guarded(self._conn, created_at({self._key(i): rev for i, rev in items.items()}))
         for item in items:
             self._held.pop(item, None)
 
@@ -449,11 +442,11 @@ class Partitioner(Recipe[PartitionEvent]):
         self._left.clear()
         if lease is None:
             return self._stop_member()
+        doomed = created_at(held) if not self._conn.closing else {}  # closing revokes the lease
         try:
-            if held and not self._conn.closing:  # closing revokes the lease
-                delete_guarded(self._conn, held)
+            delete_guarded(self._conn, doomed)
         except BaseException:  # no answer, or out of time: let go in the background
-            self._leftover = let_go_later(self._conn, held, lease, self._on_lease)
+            self._leftover = let_go(self._conn, lease, self._on_lease, doomed, owner=self)
             self._stop_member()
             raise
         member = self._stop_member()

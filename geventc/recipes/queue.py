@@ -86,7 +86,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import gevent
 from gevent.event import Event as Signal
 
 from .. import validate
@@ -101,12 +100,12 @@ from ..errors import (
     RetriesExhausted,
 )
 from ..lease import KeptLease, LeaseState
-from ..retry import Backoff
 from ..staleness import Staleness
 from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate, PrefixWatch
-from ..wire import EventType, KeyValue, RangeResult
+from ..wire import EventType, KeyValue, KeyValueText, RangeResult
 from .base import Recipe, RecipeError, Release
+from .leftover import let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -140,7 +139,7 @@ class ClaimStatus(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class QueueItem:
+class QueueItem(KeyValueText):
     """An item of a queue: its key (without the connector's namespace), its value, its
     mod revision and, in a priority queue, its priority."""
 
@@ -148,16 +147,6 @@ class QueueItem:
     value: bytes
     revision: int
     priority: int | None = None
-
-    @property
-    def key_str(self) -> str:
-        """The key decoded as UTF-8."""
-        return self.key.decode("utf-8", "replace")
-
-    @property
-    def value_str(self) -> str:
-        """The value decoded as UTF-8."""
-        return self.value.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -794,21 +783,13 @@ class _QueueBase(Recipe[ClaimEvent | Staleness]):
             claim._set(ClaimStatus.LOST, claim.reason or "the claim had ended before the stop")
 
     def _let_go_later(self, lease: KeptLease, pending: list[ClaimedItem]) -> None:
-        """Drop the share of ``lease`` without waiting for etcd: while other holders keep
-        it alive the markers left are deleted in the background; as its last holder the
-        lease is revoked in the background (else it expires), and the markers go."""
+        """Drop the share of ``lease`` without waiting for etcd; the markers left are
+        deleted in the background while other holders keep the lease, else they go
+        with it."""
         for claim in pending:
             claim._set(ClaimStatus.LOST, "the queue was stopped; the claim is being given back")
-        if lease.holders > 1:
-            self._leftover = None
-            for claim in pending:
-                self._conn.group.spawn(
-                    _delete_later, self._conn, claim.marker, claim.claim_revision, lease
-                )
-            self._conn.lease_keeper.release(lease, self._on_lease)  # no I/O: others hold it
-        else:
-            self._leftover = lease.expires_in
-            self._conn.lease_keeper.release_later(lease, self._on_lease)
+        markers = {c.marker: Compare.mod_revision(c.marker) == c.claim_revision for c in pending}
+        self._leftover = let_go(self._conn, lease, self._on_lease, markers, owner=self)
 
     def _held_text(self) -> str:
         return f"give back the claims of {self.path.decode('utf-8', 'replace')}"
@@ -849,20 +830,6 @@ def _first(response: object) -> KeyValue | None:
     if isinstance(response, RangeResult) and response.kvs:
         return response.kvs[0]
     return None
-
-
-def _delete_later(conn: RecipeHost, marker: bytes, revision: int, lease: KeptLease) -> None:
-    """Delete a stopped queue's claim marker once etcd answers; give up when its lease
-    is gone (the marker with it) or the connector closes."""
-    backoff = Backoff(first=0.2, cap=2.0)
-    lease_id = lease.id
-    while not conn.closed and lease.id == lease_id and lease.state is not LeaseState.CLOSED:
-        try:
-            conn.txn([Compare.mod_revision(marker) == revision], [Op.delete(marker)])
-            return
-        except EtcdError as exc:
-            log.info("giving back claim %r failed (%s); retrying", marker, exc)
-            gevent.sleep(backoff.next())
 
 
 class Queue(_QueueBase):

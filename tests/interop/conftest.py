@@ -1,4 +1,5 @@
-"""Fixtures of the Go interop tests: the Go peer binary and the peers a test runs.
+"""Fixtures of the Go interop tests: the Go peer binary, the peers a test runs, and a
+connector that sees the same key strings as Go.
 
 The peer is built once per session from the pinned ``go.mod``/``go.sum`` (or taken from
 ``tests/interop/bin/peer`` when that is newer than its sources, as ``.ci/run`` leaves
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import pytest
 from gopeer import GoMissing, GoPeers, build_peer
+
+import geventc
+from geventc.testing.plugin import EtcdTestContext
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +36,11 @@ def go_peers(go_peer_binary: Path) -> Iterator[GoPeers]:
         yield peers
     finally:
         peers.close()
+
+
+@pytest.fixture
+def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
+    """A connector without a namespace: paths and keys are the same strings Go uses
+    (each test keeps them under its own prefix, ``etcd.prefix``)."""
+    with geventc.connect(etcd.endpoints) as connector:
+        yield connector

@@ -14,7 +14,6 @@ geventc share one etcd and one path, and check that:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import gevent
 import pytest
@@ -27,13 +26,6 @@ from geventc.testing.plugin import EtcdTestContext
 
 TTL = 2
 QUIET = 1.0  # seconds a call that must block is watched for
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    """A connector without a namespace: paths are the same strings Go uses."""
-    with geventc.connect(etcd.endpoints) as connector:
-        yield connector
 
 
 def results(greenlets: list[gevent.Greenlet], timeout: float = 10.0) -> list[object]:

@@ -17,7 +17,6 @@ The path is used as given, as Go does; with a trailing slash (``/x/``) the keys 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from gopeer import GoPeer, GoPeers, only
@@ -57,13 +56,6 @@ def wait_status(
         assert event.status is not ElectionStatus.LEADER, (
             f"{elector!r} reported LEADER while waiting for {status.name}: {event}"
         )
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    """A connector without a namespace: paths are the same strings Go uses."""
-    with geventc.connect(etcd.endpoints) as connector:
-        yield connector
 
 
 class Election:

@@ -10,10 +10,8 @@ then must take over within a second of the release.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import gevent
-import pytest
 from gopeer import GoPeer, GoPeers
 
 import geventc
@@ -21,13 +19,6 @@ from geventc.testing.plugin import EtcdTestContext
 
 TTL = 5
 QUIET = 1.5  # seconds a holder that must wait is watched for
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    """A connector without a namespace: paths are the same strings Go uses."""
-    with geventc.connect(etcd.endpoints) as connector:
-        yield connector
 
 
 def go_holder(go_peers: GoPeers, command: str, endpoints: list[str], path: str) -> GoPeer:

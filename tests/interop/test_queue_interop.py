@@ -34,15 +34,26 @@ from geventc.testing.plugin import EtcdTestContext
 QUIET = 1.0  # seconds a Go consumer that must not take anything is watched for
 
 
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    """A connector without a namespace; the bookkeeping keys (``__`` + path) and claim
-    markers (``__claims`` + path) lie outside the test's prefix, so they are deleted
-    here."""
-    with geventc.connect(etcd.endpoints) as connector:
-        yield connector
-        for root in ("__", "__claims"):
-            connector.delete_prefix(root + etcd.prefix)
+@pytest.fixture(autouse=True)
+def outside_the_prefix(conn: geventc.Connector, etcd: EtcdTestContext) -> Iterator[None]:
+    """The bookkeeping keys (``__`` + path) and claim markers (``__claims`` + path) lie
+    outside the test's prefix: deleted after each test."""
+    yield
+    for root in ("__", "__claims"):
+        conn.delete_prefix(root + etcd.prefix)
+
+
+def new_queue(conn: geventc.Connector, kind: str, path: str) -> Queue | PriorityQueue:
+    """A ``Queue`` (``kind`` "queue") or a ``PriorityQueue`` (``kind`` "pqueue")."""
+    return conn.queue(path) if kind == "queue" else conn.priority_queue(path)
+
+
+def put(queue: Queue | PriorityQueue, value: str, priority: int) -> None:
+    """Put ``value`` (at ``priority`` in a priority queue)."""
+    if isinstance(queue, PriorityQueue):
+        queue.put(value, priority)
+    else:
+        queue.put(value)
 
 
 def taken_values(peer: GoPeer, count: int, timeout: float = 10.0) -> list[str]:
@@ -132,10 +143,7 @@ def test_go_and_geventc_consumers_take_every_item_once(
         for _ in range(2)
     ]
 
-    def make() -> Queue | PriorityQueue:
-        return conn.queue(path) if kind == "queue" else conn.priority_queue(path)
-
-    consumers = [make(), make()]
+    consumers = [new_queue(conn, kind, path), new_queue(conn, kind, path)]
     py_takes = [gevent.spawn(take_all, q, each) for q in consumers]
     gevent.sleep(0.3)  # every consumer waits on an empty queue
     # half the items from Go, half from geventc, interleaved
@@ -143,12 +151,9 @@ def test_go_and_geventc_consumers_take_every_item_once(
     go_put = go_peers.start(
         f"{kind}-put", endpoints=etcd.endpoints, path=path, n=20, value="go", **flags
     )
-    producer = make()
+    producer = new_queue(conn, kind, path)
     for i in range(20):
-        if isinstance(producer, PriorityQueue):
-            producer.put(f"py-{i}", 1)
-        else:
-            producer.put(f"py-{i}")
+        put(producer, f"py-{i}", 1)
         gevent.sleep(0.005)
     go_put.expect("done")
     taken = [v for g in py_takes for v in g.get(timeout=15)]
@@ -166,13 +171,8 @@ def test_go_never_takes_a_claim_marker(
     conn: geventc.Connector, etcd: EtcdTestContext, go_peers: GoPeers, kind: str
 ) -> None:
     path = etcd.key(kind)
-    queue: Queue | PriorityQueue = (
-        conn.queue(path) if kind == "queue" else conn.priority_queue(path)
-    )
-    if isinstance(queue, PriorityQueue):
-        queue.put("claimed", 4)
-    else:
-        queue.put("claimed")
+    queue = new_queue(conn, kind, path)
+    put(queue, "claimed", 4)
     item = queue.claim(timeout=5)
     assert item is not None and conn.get(item.marker) is not None
     assert item.marker.decode().startswith("__claims" + path + "/")

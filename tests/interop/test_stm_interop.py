@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
@@ -31,13 +31,6 @@ ACCOUNTS = 6
 BALANCE = 100
 GO_TRANSFERS = 100
 GUARDED = [Isolation.SERIALIZABLE_SNAPSHOT, Isolation.SERIALIZABLE, Isolation.REPEATABLE_READS]
-
-
-@pytest.fixture
-def conn(etcd: EtcdTestContext) -> Iterator[geventc.Connector]:
-    """A connector without a namespace: keys are the same strings Go uses."""
-    with geventc.connect(etcd.endpoints) as connector:
-        yield connector
 
 
 def _start_together(

@@ -52,27 +52,10 @@ func barrierWait(o options) {
 	client := connect(o)
 	defer client.Close()
 	emit("waiting", map[string]any{"key": o.path})
-	if err := untilStopped(stop, recipe.NewBarrier(client, o.path).Wait); err != nil {
-		if stop.Err() != nil {
-			emit("stopped", nil)
-			return
-		}
-		fail(err)
+	if stoppedOrFail(stop, untilStopped(stop, recipe.NewBarrier(client, o.path).Wait)) {
+		return
 	}
 	emit("passed", map[string]any{"key": o.path})
-}
-
-// untilStopped runs call (which takes no context, as the recipes' methods) and
-// returns its error, or stop's error once stop is done first.
-func untilStopped(stop context.Context, call func() error) error {
-	done := make(chan error, 1)
-	go func() { done <- call() }()
-	select {
-	case err := <-done:
-		return err
-	case <-stop.Done():
-		return stop.Err()
-	}
 }
 
 func doubleBarrier(o options) { runDoubleBarrier(o, nil, stopContext()) }
@@ -98,16 +81,13 @@ func runDoubleBarrier(o options, leave <-chan struct{}, stop context.Context) {
 	defer session.Close()
 	barrier := recipe.NewDoubleBarrier(session, o.path, o.count)
 	emit("session", map[string]any{"lease": hexLease(session.Lease())})
-	if err := untilStopped(stop, barrier.Enter); err != nil {
-		if errors.Is(err, recipe.ErrTooManyClients) {
-			emit("too-many", nil)
-			return
-		}
-		if stop.Err() != nil {
-			emit("stopped", nil)
-			return
-		}
-		fail(err)
+	err := untilStopped(stop, barrier.Enter)
+	if errors.Is(err, recipe.ErrTooManyClients) {
+		emit("too-many", nil)
+		return
+	}
+	if stoppedOrFail(stop, err) {
+		return
 	}
 	emit("entered", nil)
 	if leave != nil {
@@ -121,12 +101,8 @@ func runDoubleBarrier(o options, leave <-chan struct{}, stop context.Context) {
 			return
 		}
 	}
-	if err := untilStopped(stop, barrier.Leave); err != nil {
-		if stop.Err() != nil {
-			emit("stopped", nil)
-			return
-		}
-		fail(err)
+	if stoppedOrFail(stop, untilStopped(stop, barrier.Leave)) {
+		return
 	}
 	emit("left", nil)
 }

@@ -72,6 +72,34 @@ func stopContext() context.Context {
 	return ctx
 }
 
+// untilStopped runs call (which takes no context, as the recipes' methods) and
+// returns its error, or stop's error once stop is done first.
+func untilStopped(stop context.Context, call func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- call() }()
+	select {
+	case err := <-done:
+		return err
+	case <-stop.Done():
+		return stop.Err()
+	}
+}
+
+// stoppedOrFail handles the error of a call that waits until stop: nil returns
+// false; after the stop signal it prints stopped and returns true (the caller
+// returns); any other error fails the peer.
+func stoppedOrFail(stop context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if stop.Err() != nil {
+		emit("stopped", nil)
+		return true
+	}
+	fail(err)
+	return true
+}
+
 type options struct {
 	endpoints string
 	path      string
@@ -175,12 +203,8 @@ func campaign(o options) {
 	select {
 	case err := <-led:
 		<-seen
-		if err != nil {
-			if stop.Err() != nil {
-				emit("stopped", nil)
-				return
-			}
-			fail(err)
+		if stoppedOrFail(stop, err) {
+			return
 		}
 		emit("leader", map[string]any{
 			"key": election.Key(), "rev": election.Rev(), "identity": o.identity,
@@ -290,12 +314,8 @@ func mutexKey(o options) {
 		"lease": hexLease(session.Lease()),
 		"key":   fmt.Sprintf("%s/%x", o.path, session.Lease()),
 	})
-	if err := mutex.Lock(stop); err != nil {
-		if stop.Err() != nil {
-			emit("stopped", nil)
-			return
-		}
-		fail(err)
+	if stoppedOrFail(stop, mutex.Lock(stop)) {
+		return
 	}
 	key := mutex.Key()
 	emit("locked", map[string]any{"key": key, "rev": mutex.Header().Revision})

@@ -39,14 +39,7 @@ func queueValues(o options) []string {
 func queuePut(o options) {
 	client := connect(o)
 	defer client.Close()
-	queue := recipe.NewQueue(client, o.path)
-	for _, value := range queueValues(o) {
-		if err := queue.Enqueue(value); err != nil {
-			fail(err)
-		}
-		emit("put", map[string]any{"value": value})
-	}
-	emit("done", nil)
+	enqueueAll(o, recipe.NewQueue(client, o.path).Enqueue, nil)
 }
 
 func pqueuePut(o options) {
@@ -56,11 +49,22 @@ func pqueuePut(o options) {
 	client := connect(o)
 	defer client.Close()
 	queue := recipe.NewPriorityQueue(client, o.path)
+	enqueue := func(value string) error { return queue.Enqueue(value, uint16(o.priority)) }
+	enqueueAll(o, enqueue, map[string]any{"priority": o.priority})
+}
+
+// enqueueAll enqueues the put subcommand's values in order, printing put (the value
+// and the extra fields) for each, then done.
+func enqueueAll(o options, enqueue func(string) error, extra map[string]any) {
 	for _, value := range queueValues(o) {
-		if err := queue.Enqueue(value, uint16(o.priority)); err != nil {
+		if err := enqueue(value); err != nil {
 			fail(err)
 		}
-		emit("put", map[string]any{"value": value, "priority": o.priority})
+		fields := map[string]any{"value": value}
+		for k, v := range extra {
+			fields[k] = v
+		}
+		emit("put", fields)
 	}
 	emit("done", nil)
 }

@@ -24,15 +24,7 @@ func rwmutex(o options, write bool) {
 	if write {
 		lock, unlock = rw.Lock, rw.Unlock
 	}
-	locked := make(chan error, 1)
-	go func() { locked <- lock() }()
-	select {
-	case err := <-locked:
-		if err != nil {
-			fail(err)
-		}
-	case <-stop.Done():
-		emit("stopped", nil)
+	if stoppedOrFail(stop, untilStopped(stop, lock)) {
 		return
 	}
 	emit("locked", map[string]any{"write": write})
