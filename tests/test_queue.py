@@ -18,6 +18,7 @@ from helpers.waiting import wait_until
 import geventc
 from geventc.errors import (
     ClaimLost,
+    IndeterminateWrite,
     InvalidArgument,
     RecipeStateError,
 )
@@ -29,6 +30,7 @@ from geventc.recipes.queue import (
     Queue,
 )
 from geventc.testing import EtcdServer
+from geventc.testing.faults import FaultProxy
 from geventc.testing.plugin import EtcdTestContext
 
 TTL = 2  # the claims' lease where expiry is tested
@@ -476,3 +478,31 @@ def test_binary_values_round_trip(conn: geventc.Connector) -> None:
     assert item is not None and item.value == b"\xff\x00raw"
     assert item.value_str == "\ufffd\x00raw"
     queue.stop()
+
+
+def test_a_claim_whose_answer_was_lost_is_not_stuck() -> None:
+    """A claim applied by etcd whose answer was lost leaves a marker no caller holds:
+    the queue gives it back, so the item is served again well before the claim lease's
+    TTL (found by the chaos run)."""
+    with EtcdServer() as server, FaultProxy(server.endpoints[0]) as proxy:
+        conn = geventc.connect([proxy.endpoint], timeout=1.0)
+        other = geventc.connect(server.endpoints)
+        try:
+            queue = conn.queue("/jobs", ttl=30)
+            queue.put("warm-up")
+            queue.claim(timeout=5).ack()  # both watches have synced
+            queue.put("a")
+            proxy.cut("to_client")  # requests reach etcd, answers are held
+            outcome = gevent.spawn(queue.claim, 5)
+            wait_until(lambda: other.get_prefix("__claims/jobs/").kvs, 5, "claim applied")
+            with pytest.raises(IndeterminateWrite):
+                outcome.get(timeout=5)
+            proxy.heal()
+            (marker,) = other.get_prefix("__claims/jobs/").kvs
+            assert marker.lease == queue._lease.id  # type: ignore[union-attr]
+            got = other.queue("/jobs").claim(timeout=5)  # far less than the TTL of 30 s
+            assert got is not None and got.value_str == "a"
+            got.ack()
+        finally:
+            conn.close()
+            other.close()

@@ -86,6 +86,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gevent.event import Event as Signal
 
 from .. import validate
@@ -100,12 +101,13 @@ from ..errors import (
     RetriesExhausted,
 )
 from ..lease import KeptLease, LeaseState
+from ..retry import Backoff
 from ..staleness import Staleness
 from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate, PrefixWatch
 from ..wire import EventType, KeyValue, KeyValueText, RangeResult
 from .base import Recipe, RecipeError, Release
-from .leftover import let_go
+from .leftover import delete_until_confirmed, let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -541,6 +543,8 @@ class _QueueBase(Recipe[ClaimEvent | Staleness]):
         except BaseException:
             self._skip.pop(key, None)  # no answer: the next attempt may try it again
             self._wake()  # the greenlets that left it to this one may try it now
+            if lease is not None:  # the claim may have been applied: nobody would know it
+                self._conn.group.spawn(self._drop_orphan, marker_key, lease_id, kv)
             raise
         finally:
             self._inflight.discard(key)
@@ -551,6 +555,39 @@ class _QueueBase(Recipe[ClaimEvent | Staleness]):
         if lease is None:
             return self._item(kv)
         return self._held(kv, marker_key, result.header.revision, lease_id)
+
+    def _drop_orphan(self, marker_key: bytes, lease_id: int, kv: KeyValue) -> None:
+        """After a claim whose answer was lost: if etcd applied it, its marker (on our
+        lease, for this item) is held by no caller, so the item would be stuck until
+        the lease ends; delete that marker (guarded by its mod revision, so a newer
+        claim is never touched) once etcd answers, and the item is served again."""
+        backoff = Backoff(first=0.2, cap=2.0)
+        looked_again = False
+        while not self._conn.closed:
+            try:
+                found = self._conn.get(marker_key)
+                if found is None and not looked_again:  # a request late in transit
+                    looked_again = True  # is applied or dropped within the timeout
+                    gevent.sleep(self._conn.request_timeout)
+                    continue
+                if (
+                    found is None
+                    or found.lease != lease_id
+                    or not _is_claim_of(found, kv)
+                    or marker_key in self._claims
+                ):
+                    return  # not applied, or not an orphan of ours
+                log.info(
+                    "%r: giving back %r, claimed by a request whose answer was lost",
+                    self,
+                    kv.key_str,
+                )
+                guard = Compare.mod_revision(marker_key) == found.mod_revision
+                delete_until_confirmed(self._conn, {marker_key: guard}, owner=self)
+                return
+            except EtcdError as exc:
+                log.info("%r: checking the claim of %r failed (%s); retrying", self, kv.key, exc)
+                gevent.sleep(backoff.next())
 
     def _held(self, kv: KeyValue, marker_key: bytes, revision: int, lease_id: int) -> ClaimedItem:
         claim = ClaimedItem(self, self._item(kv), marker_key, revision, lease_id)
