@@ -248,6 +248,8 @@ class Contender(Recipe[LockEvent]):
         if not self._key and self._lost is None:
             raise NotLockHolder(f"{self!r} is not held; acquire() it first")
         if not self._key and self._cleaning:  # lost: its key is being deleted
+            gevent.joinall(list(self._cleaning), timeout=self._conn.stop_timeout)
+        if not self._key and self._cleaning:
             self._lost = None
             return unconfirmed(
                 f"confirm {self.path.decode('utf-8', 'replace')} released",
@@ -399,17 +401,18 @@ class Contender(Recipe[LockEvent]):
 
     def _wait_turn(self) -> bool:
         """Wait on the shared watch of the prefix until the keys ahead are few enough:
-        True when held; False when our key vanished (try again)."""
+        True when held; False when our key vanished (try again). The watch stays
+        joined while the recipe runs: the next contended acquire waits on a stream
+        that is already current (a new one would start behind the revisions of the
+        hand-overs meanwhile, and etcd catches such watches up only every 100 ms),
+        and a holder hears at once when its key is deleted."""
         self._watch()
-        try:
-            while True:
-                self._wake.clear()
-                verdict = self._turn()
-                if verdict is not None:
-                    return verdict
-                self._wake.wait()
-        finally:
-            self._unwatch()
+        while True:
+            self._wake.clear()
+            verdict = self._turn()
+            if verdict is not None:
+                return verdict
+            self._wake.wait()
 
     def _turn(self) -> bool | None:
         """From the watch's copy: True when held, False when our key is gone (or its
@@ -456,6 +459,10 @@ class Contender(Recipe[LockEvent]):
             return
         self._state = update.state
         self._state_revision = update.revision
+        if self._held and self._key and update.revision >= self._revision:
+            mine = update.state.get(self._key)
+            if mine is None or mine.create_revision != self._revision:
+                self._lose(NotLockHolder(f"the key of {self!r} was deleted"))
         self._wake.set()
 
     # --- losing and letting go --------------------------------------------------------
