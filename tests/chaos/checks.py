@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from geventc.recipes.partitioner import partition
+
 from .history import Record, by_source, load
 
 LEADER = "LEADER"
@@ -67,19 +69,25 @@ class Belief:
     token: int
 
 
-def beliefs(records: list[Record], until: float) -> dict[str, list[Belief]]:
-    """When each elector process believed it was the leader with a valid lease.
+#: records after which a process believes it holds nothing (until its next status)
+LETTING_GO = ("stopping", "releasing", "acking")
 
-    Exactly ``LeaderElector.is_leader`` as the instrumentation recorded its inputs:
-    the last status reported is LEADER, the kept lease is the one the election key is
-    on, it is not LOST (or closed), and now < its deadline (send time of the last
-    renewal that succeeded + TTL). A killed process believes nothing after its death,
-    a stopping one nothing after it began to stop, and nothing counts after ``until``.
+
+def beliefs(records: list[Record], until: float, holding: str = LEADER) -> dict[str, list[Belief]]:
+    """When each process believed it was the leader (or held what ``holding`` says:
+    a lock's ACQUIRED) with a valid lease.
+
+    Exactly ``LeaderElector.is_leader`` (or a lock's ``held``) as the instrumentation
+    recorded its inputs: the last status reported is ``holding``, the kept lease is the
+    one the key is on, it is not LOST (or closed), and now < its deadline (send time of
+    the last renewal that succeeded + TTL). A killed process believes nothing after its
+    death, a stopping or releasing one nothing after it began to (until its next
+    status), and nothing counts after ``until``.
     """
     killed = _killed(records)
     result: dict[str, list[Belief]] = {}
     for src, own in by_source(records).items():
-        steps = [r for r in own if r["ev"] in ("status", "lease", "stopping") and r["t"] <= until]
+        steps = [r for r in own if r["ev"] in ("status", "lease", *LETTING_GO) and r["t"] <= until]
         if src == "harness" or not steps:
             continue
         stop = min(killed.get(src, math.inf), until)
@@ -95,7 +103,7 @@ def beliefs(records: list[Record], until: float) -> dict[str, list[Belief]]:
             start = step["t"]
             end = min(steps[i + 1]["t"] if i + 1 < len(steps) else stop, stop, deadline)
             trusted = lease_state in ("ACTIVE", "SUSPENDED") and lease == key_lease != 0
-            if status != LEADER or not trusted or end <= start:
+            if status != holding or not trusted or end <= start:
                 continue
             if spans and spans[-1].token == token and spans[-1].end >= start:
                 spans[-1] = Belief(src, spans[-1].start, end, token)
@@ -146,21 +154,25 @@ def check_overlaps(all_beliefs: dict[str, list[Belief]]) -> list[str]:
     return violations
 
 
-def check_fenced_writes(records: list[Record], all_beliefs: dict[str, list[Belief]]) -> list[str]:
-    """Accepted writes never go back in fencing token; none was attempted by a writer
-    that had last been told anything but LEADER, or outside its leadership; no
-    acknowledged write is lost and no refused one is in the log."""
+def token_order(entries: Sequence[Record]) -> list[str]:
+    """Log entries (in revision order) never go back in fencing token."""
     violations = []
-    entries = sorted(_one(records, "final-log")["entries"], key=lambda e: e["revision"])
-    last = None
-    for entry in entries:
-        if last is not None and entry["token"] < last["token"]:
+    for last, entry in itertools.pairwise(entries):
+        if entry["token"] < last["token"]:
             violations.append(
                 f"fencing token went back: {last['identity']} wrote with token {last['token']} "
                 f"at revision {last['revision']}, then {entry['identity']} with token "
                 f"{entry['token']} at revision {entry['revision']}"
             )
-        last = entry
+    return violations
+
+
+def check_fenced_writes(records: list[Record], all_beliefs: dict[str, list[Belief]]) -> list[str]:
+    """Accepted writes never go back in fencing token; none was attempted by a writer
+    that had last been told anything but LEADER, or outside its leadership; no
+    acknowledged write is lost and no refused one is in the log."""
+    entries = sorted(_one(records, "final-log")["entries"], key=lambda e: e["revision"])
+    violations = token_order(entries)
     stolen = {
         r["token"]: r["revision"] for r in records if r["src"] == "harness" and r["ev"] == "steal"
     }
@@ -170,6 +182,22 @@ def check_fenced_writes(records: list[Record], all_beliefs: dict[str, list[Belie
                 f"{entry['identity']} wrote with token {entry['token']} at revision "
                 f"{entry['revision']}, after its key was deleted at {stolen[entry['token']]}"
             )
+    return violations + check_attempts(records, entries, all_beliefs, LEADER, "is_leader")
+
+
+def check_attempts(
+    records: list[Record],
+    entries: Sequence[Record],
+    all_beliefs: dict[str, list[Belief]],
+    holding: str,
+    guard: str,
+) -> list[str]:
+    """Every log entry was attempted by a writer last told ``holding`` with the token it
+    carries (a write attempted after being told SUSPENDED or LOST, or never told
+    ``holding``, is a violation); whenever a writer's ``guard`` passed it believed it
+    held with a valid lease, that token; an acknowledged write is in the log, a
+    refused one is not."""
+    violations = []
     attempts = {(r["src"], r["n"]): r for r in records if r["ev"] == "attempt"}
     writes = {(r["src"], r["n"]): r for r in records if r["ev"] == "write"}
     logged = {(e["identity"], e["n"]): e for e in entries}
@@ -179,18 +207,29 @@ def check_fenced_writes(records: list[Record], all_beliefs: dict[str, list[Belie
         if attempt is None:
             violations.append(f"{what} has no recorded attempt")
             continue
-        if attempt["told"] != LEADER:
+        if attempt["told"] != holding:
             violations.append(f"{what} was accepted but its writer was last told {attempt['told']}")
         if attempt["token"] != entry["token"]:
             violations.append(f"{what} carries a token its writer did not hold")
+        if attempt.get("told_token", entry["token"]) != entry["token"]:
+            violations.append(
+                f"{what} was accepted but its writer was last told {holding} with token "
+                f"{attempt['told_token']}"
+            )
     until = _one(records, "observed-until")["t"]
     for key, attempt in attempts.items():
         if attempt["t"] > until:
             continue  # after the end of the observation (the processes are killed then)
-        if believed_at(all_beliefs.get(key[0], []), attempt["t"]) is None:
+        belief = believed_at(all_beliefs.get(key[0], []), attempt["t"])
+        if belief is None:
             violations.append(
-                f"{key[0]} passed its guard (is_leader) for write #{key[1]} at "
-                f"t={attempt['t']:.3f} without leading on a valid lease of its election key"
+                f"{key[0]} passed its guard ({guard}) for write #{key[1]} at "
+                f"t={attempt['t']:.3f} without holding a valid lease of its key"
+            )
+        elif belief.token != attempt["token"]:
+            violations.append(
+                f"{key[0]} passed its guard ({guard}) for write #{key[1]} with token "
+                f"{attempt['token']} while it held token {belief.token}"
             )
         write = writes.get(key)
         if write is None:
@@ -777,12 +816,318 @@ def check_freshness(records: list[Record]) -> list[str]:
     return violations
 
 
+# --- properties 6 and 7: lock and semaphore -----------------------------------------
+
+ACQUIRED = "ACQUIRED"
+
+
+def check_concurrent(all_beliefs: dict[str, list[Belief]], limit: int) -> list[str]:
+    """At no moment do more than ``limit`` processes believe they hold with a valid
+    lease (a sweep over the belief spans: an end before a start at the same moment)."""
+    points = [
+        (moment, starts, span)
+        for spans in all_beliefs.values()
+        for span in spans
+        for moment, starts in ((span.start, 1), (span.end, 0))
+    ]
+    points.sort(key=lambda point: point[:2])
+    active: list[Belief] = []
+    violations = []
+    for moment, starts, span in points:
+        if not starts:
+            active.remove(span)
+            continue
+        active.append(span)
+        if len({b.proc for b in active}) > limit:
+            who = ", ".join(f"{b.proc} (token {b.token})" for b in active)
+            violations.append(
+                f"{len(active)} holders at once (at most {limit}): {who} believed they held "
+                f"with a valid lease from t={moment:.3f} to t={min(b.end for b in active):.3f}"
+            )
+    return violations
+
+
+def check_holds(entries: Sequence[Record], limit: int) -> list[str]:
+    """Server-side facts of the log (entries in revision order): the entries of one
+    fencing token come from one writer, and no more than ``limit`` holders' intervals
+    of accepted writes (revision of their first to that of their last) overlap."""
+    violations = []
+    spans: dict[int, tuple[str, int, int]] = {}
+    for entry in entries:
+        token, revision = entry["token"], entry["revision"]
+        writer, first, _ = spans.get(token, (entry["identity"], revision, revision))
+        if writer != entry["identity"]:
+            violations.append(
+                f"token {token} was written with by {writer} and by {entry['identity']} "
+                f"(revision {revision})"
+            )
+        spans[token] = (writer, first, revision)
+    open_spans: list[tuple[int, int]] = []  # (last revision, token) of the overlapping ones
+    for token, (_, first, last) in sorted(spans.items(), key=lambda s: s[1][1]):
+        open_spans = [(end, t) for end, t in open_spans if end > first] + [(last, token)]
+        if len(open_spans) > limit:
+            who = ", ".join(
+                f"{spans[t][0]} (token {t}, {spans[t][1]}..{end})" for end, t in open_spans
+            )
+            violations.append(
+                f"{len(open_spans)} holders' accepted writes interleave at revision {first} "
+                f"(at most {limit}): {who}"
+            )
+    return violations
+
+
+def check_ranks(entries: Sequence[Record], ranks: dict[str, list[int]], limit: int) -> list[str]:
+    """Every accepted write happened while its writer's key was among the first
+    ``limit`` keys of the lock's prefix by create revision (``ranks``: revision -> the
+    create revisions of those keys, read from etcd's history at that revision)."""
+    violations = []
+    for entry in entries:
+        first = ranks.get(str(entry["revision"]))
+        if first is None:
+            violations.append(f"no history read at revision {entry['revision']}")
+        elif entry["token"] not in first:
+            violations.append(
+                f"{entry['identity']}#{entry['n']} was accepted at revision {entry['revision']} "
+                f"while its key (created at {entry['token']}) was not among the first {limit} "
+                f"(created at {first})"
+            )
+    return violations
+
+
+def check_progress(records: list[Record], slots: Sequence[str], due: float) -> list[str]:
+    """Once the faults are over, every live holder had a write accepted between ``due``
+    and the end of the observation."""
+    until = _one(records, "observed-until")["t"]
+    killed = _killed(records)
+    wrote = {
+        r["src"]
+        for r in records
+        if r["ev"] == "write" and r["result"] == "accepted" and due <= r["t"] <= until
+    }
+    return [
+        f"{proc} had no write accepted from t={due:.3f} (healed + TTL + 2 s) to t={until:.3f}"
+        for proc in sorted(_spawned(records, slots))
+        if proc not in killed and proc not in wrote
+    ]
+
+
+def check_holders(records: list[Record]) -> list[str]:
+    """Properties 6 (lock: ``max_holders`` 1) and 7 (semaphore): at no moment more than
+    ``max_holders`` processes believe they hold with a valid lease; every guard that
+    passed was within such a belief, and every accepted write was attempted while its
+    writer was last told ACQUIRED with its token (never after SUSPENDED or LOST);
+    server side, the accepted writes of at most ``max_holders`` holders interleave (for
+    a lock: tokens never go back), and each was accepted while its key was among the
+    first ``max_holders``; after the faults every live holder writes again."""
+    params = _one(records, "params")
+    limit = params["max_holders"]
+    until = _one(records, "observed-until")["t"]
+    entries = sorted(_one(records, "final-log")["entries"], key=lambda e: e["revision"])
+    all_beliefs = beliefs(records, until, ACQUIRED)
+    violations = (
+        crashes(records)
+        + check_concurrent(all_beliefs, limit)
+        + check_attempts(records, entries, all_beliefs, ACQUIRED, "held")
+        + check_holds(entries, limit)
+        + check_ranks(entries, _one(records, "final-ranks")["ranks"], limit)
+    )
+    if limit == 1:
+        violations += token_order(entries)
+    due = _one(records, "healed")["t"] + params["ttl"] + 2.0
+    return violations + check_progress(records, params["holders"], due)
+
+
+# --- property 8: counter ------------------------------------------------------------------
+
+
+def check_counter(records: list[Record]) -> list[str]:
+    """Property 8: the final value is the number of acknowledged increments plus at
+    most the number whose outcome is unknown (IndeterminateWrite, or in flight when
+    the process was killed); every acknowledged add returned its own value (no two the
+    same, none beyond the final one, increasing in each process); every live adder
+    stopped when told and added after the faults."""
+    params = _one(records, "params")
+    final = _one(records, "final-counter")["value"]
+    healed = _one(records, "healed")["t"]
+    violations = crashes(records)
+    killed = _killed(records)
+    sources = by_source(records)
+    acked: dict[int, str] = {}
+    unknown = 0
+    for proc in sorted(_spawned(records, params["adders"])):
+        own = sources.get(proc, [])
+        outcomes = [r for r in own if r["ev"] in ("added", "indeterminate", "add-error")]
+        unknown += sum(r["ev"] == "indeterminate" for r in outcomes)
+        unknown += sum(r["ev"] == "add" for r in own) - len(outcomes)  # in flight at a kill
+        values = [r["value"] for r in outcomes if r["ev"] == "added"]
+        for value in values:
+            if value in acked:
+                violations.append(f"{acked[value]} and {proc} were both told the value {value}")
+            if not 1 <= value <= final:
+                violations.append(f"{proc} was told the value {value}; the final one is {final}")
+            acked[value] = proc
+        for before, after in itertools.pairwise(values):
+            if after <= before:
+                violations.append(f"{proc} was told {before}, then {after}")
+        if proc in killed:
+            continue
+        if not any(r["ev"] == "done" for r in own):
+            violations.append(f"{proc} did not stop adding when told")
+        if not any(r["ev"] == "added" and r["t"] > healed for r in own):
+            violations.append(f"{proc} had no add acknowledged after the faults")
+    if not len(acked) <= final <= len(acked) + unknown:
+        violations.append(
+            f"the counter ends at {final}, but {len(acked)} adds were acknowledged and "
+            f"{unknown} have an unknown outcome"
+        )
+    return violations
+
+
+# --- property 9: partitioner --------------------------------------------------------------
+
+
+def check_partitions(records: list[Record]) -> list[str]:
+    """Property 9: no item was ever in the ACQUIRED sets of two members while both
+    believed it with a valid lease; within ``ttl + settle`` of ``healed`` every live
+    member has ACQUIRED its share of the live members (the partition function) and
+    keeps it until the end, and etcd has every item owned by exactly that member."""
+    params = _one(records, "params")
+    items, slots = params["items"], params["members"]
+    until = _one(records, "observed-until")["t"]
+    due = _one(records, "healed")["t"] + params["ttl"] + params["settle"]
+    violations = crashes(records)
+    statuses = {(r["src"], r["token"]): r for r in records if r["ev"] == "status"}
+    owned: dict[str, dict[str, list[Belief]]] = {}  # item -> process -> spans
+    for proc, spans in beliefs(records, until, ACQUIRED).items():
+        for span in spans:
+            for item in statuses[(proc, span.token)]["items"]:
+                owned.setdefault(item, {}).setdefault(proc, []).append(span)
+    for item, spans in sorted(owned.items()):
+        violations += [f"item {item}: {v}" for v in check_concurrent(spans, 1)]
+    killed = _killed(records)
+    sources = by_source(records)
+    live: dict[str, str] = {}  # process -> the identity of its current member
+    for proc in _spawned(records, slots):
+        members = [r["identity"] for r in sources.get(proc, []) if r["ev"] == "member"]
+        if proc not in killed and members:
+            live[proc] = members[-1]
+    identities = sorted(live.values())
+    final = _one(records, "final-partition")
+    if sorted(final["members"]) != identities:
+        violations.append(f"etcd's members are {sorted(final['members'])}, not {identities}")
+    expected = {item: who for who in identities for item in partition(who, identities, items)}
+    wrong = {
+        item: (final["owners"].get(item), expected.get(item))
+        for item in items
+        if final["owners"].get(item) != expected.get(item)
+    }
+    if wrong:
+        violations.append(f"etcd's owners differ (item: (owner, expected)): {wrong}")
+    for proc, identity in sorted(live.items()):
+        share = list(partition(identity, identities, items))
+        own = [
+            r for r in sources.get(proc, []) if r["ev"] == "status" and r["identity"] == identity
+        ]
+        before = [r for r in own if r["t"] <= due]
+        for r in [*before[-1:], *(r for r in own if due < r["t"] <= until)]:
+            if r["status"] != ACQUIRED or r["items"] != share:
+                violations.append(
+                    f"{identity} is {r['status']} of {r['items']} at t={max(r['t'], due):.3f} "
+                    f"(healed + TTL + {params['settle']:g} s), not ACQUIRED of its share {share}"
+                )
+                break
+        if not before:
+            violations.append(f"{identity} reported nothing by t={due:.3f}")
+    return violations
+
+
+# --- property 10: queue ------------------------------------------------------------------
+
+HELD = "HELD"
+
+
+def _of(records: Iterable[Record], procs: Iterable[str], *evs: str) -> list[Record]:
+    wanted = set(procs)
+    return [r for r in records if r["src"] in wanted and r["ev"] in evs]
+
+
+def _unresolved(records: list[Record], procs: Iterable[str], start: str, ends: set[str]) -> int:
+    """How many ``start`` records of these processes have no end record after them
+    (each process does one thing at a time: only its last can be in flight)."""
+    count = 0
+    sources = by_source(records)
+    for proc in procs:
+        own = [r["ev"] for r in sources.get(proc, []) if r["ev"] == start or r["ev"] in ends]
+        count += bool(own) and own[-1] == start
+    return count
+
+
+def check_queue(records: list[Record]) -> list[str]:
+    """Property 10: every item is delivered at most once (acked by a claimer or taken
+    by a taker, never both, never twice), only items that were put are delivered, a
+    claimer acks only what it claimed, no two consumers hold claims of one item at
+    once (with valid leases), and nothing acknowledged is lost: at the end the queue is
+    empty and every acknowledged put was delivered, except items whose delivery may
+    have happened unseen (an ack or take whose outcome is unknown: IndeterminateWrite,
+    or in flight when its consumer was killed)."""
+    params = _one(records, "params")
+    until = _one(records, "observed-until")["t"]
+    producers = _spawned(records, params["producers"])
+    claimers = _spawned(records, params["claimers"])
+    takers = _spawned(records, params["takers"])
+    violations = crashes(records)
+    attempted = {r["value"] for r in _of(records, producers, "put")}
+    acknowledged = {r["value"] for r in _of(records, producers, "put-ok")}
+    delivered: dict[str, list[str]] = {}
+    for r in _of(records, [*claimers, *takers], "acked", "taken"):
+        delivered.setdefault(r["value"], []).append(f"{r['ev']} by {r['src']}")
+    for value, how in sorted(delivered.items()):
+        if len(how) > 1:
+            violations.append(f"{value} was delivered {len(how)} times: {', '.join(how)}")
+        if value not in attempted:
+            violations.append(f"{value} was delivered ({how[0]}) but nobody put it")
+    claimed = {(r["src"], r["value"]) for r in _of(records, claimers, "claimed")}
+    violations += [
+        f"{r['src']} acked {r['value']} without claiming it"
+        for r in _of(records, claimers, "acked")
+        if (r["src"], r["value"]) not in claimed
+    ]
+    keys = {(r["src"], r["token"]): r["key"] for r in _of(records, claimers, "status")}
+    holds: dict[str, dict[str, list[Belief]]] = {}  # item -> process -> claim spans
+    for proc, spans in beliefs(records, until, HELD).items():
+        for span in spans:
+            holds.setdefault(keys[(proc, span.token)], {}).setdefault(proc, []).append(span)
+    for key, spans in sorted(holds.items()):
+        violations += [f"claims of {key}: {v}" for v in check_concurrent(spans, 1)]
+    final = _one(records, "final-queue")["values"]
+    if final:
+        violations.append(f"the queue still holds {len(final)} items at the end: {final[:5]}")
+    unseen = {r["value"] for r in _of(records, claimers, "ack-error") if r["indeterminate"]}
+    acking = by_source(_of(records, claimers, "acking", "acked", "ack-lost"))
+    unseen |= {own[-1]["value"] for own in acking.values() if own[-1]["ev"] == "acking"}
+    lost = sorted(acknowledged - set(delivered) - set(final) - unseen)
+    takes = len(
+        [r for r in _of(records, takers, "take-error") if r["indeterminate"]]
+    ) + _unresolved(records, takers, "taking", {"taken", "take-none", "take-error"})
+    if len(lost) > takes:
+        violations.append(
+            f"{len(lost)} acknowledged items were never delivered (only {takes} takes have "
+            f"an unknown outcome): {lost[:10]}"
+        )
+    return violations
+
+
 CHECKS = {
     "leader-safety": check_leader_safety,
     "exactly-once": check_sequence,
     "registration": check_registrations,
     "shutdown": check_shutdown,
     "freshness": check_freshness,
+    "lock": check_holders,
+    "semaphore": check_holders,
+    "counter": check_counter,
+    "partitioner": check_partitions,
+    "queue": check_queue,
 }
 
 

@@ -57,6 +57,13 @@ class Settings:
     seeds: tuple[int, ...]
     directory: str
     keep: bool
+    #: the seeds came from ``GEVENTC_CHAOS_SEED`` (not the fixed ones)
+    seeds_given: bool = False
+
+    def bounded_seeds(self, count: int) -> tuple[int, ...]:
+        """The seeds of a property whose bounded run takes the first ``count`` fixed
+        ones; every seed given in ``GEVENTC_CHAOS_SEED``."""
+        return self.seeds if self.seeds_given else self.seeds[:count]
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,6 +75,7 @@ class Settings:
             directory=os.environ.get("GEVENTC_CHAOS_DIR")
             or os.path.join(tempfile.gettempdir(), "geventc-chaos"),
             keep=os.environ.get("GEVENTC_CHAOS_KEEP", "") not in ("", "0"),
+            seeds_given=bool(seeds),
         )
 
 
@@ -265,6 +273,8 @@ class Run:
         #: member episodes in progress (ref -> the members in trouble), replaces running
         self._episodes: dict[int, list[EtcdMember]] = {}
         self._replacing: dict[int, gevent.Greenlet[[EtcdMember], None]] = {}
+        #: ``pause-holder`` actions in effect (ref -> the slot paused)
+        self._holders_paused: dict[int, str] = {}
         #: the harness process's own resources (it also runs the members' proxies)
         self._sampler = gevent.spawn(
             resources.sample_forever,
@@ -341,7 +351,7 @@ class Run:
         select = f" -k '{self.test_id}'" if self.test_id else ""
         return (
             f"{seconds}GEVENTC_CHAOS_SEED={self.seed} GEVENTC_CHAOS_KEEP=1 "
-            f"pytest-gevent tests/chaos/test_chaos.py{select}"
+            f"pytest-gevent -m chaos tests/chaos/test_chaos.py{select}"
         )
 
     def verdict(self, violations: Sequence[str]) -> None:
@@ -411,6 +421,15 @@ class Run:
             self.history.record("harness", "compact", revision=revision)
         elif kind == "steal":
             self._steal()
+        elif kind == "pause-holder":
+            slot = self._holder()
+            if slot is not None and self.fleet.pause(slot):
+                self._holders_paused[action.ref] = slot
+                self.counts[kind] += 1
+        elif kind == "resume-holder":
+            slot = self._holders_paused.pop(action.ref, None)
+            if slot is not None:
+                self.fleet.resume(slot)
         elif kind == "kill":
             if self.fleet.kill(target):
                 self.counts["participant-kill"] += 1
@@ -536,6 +555,19 @@ class Run:
                 token=kv.create_revision,
                 revision=deleted.header.revision,
             )
+
+    def _holder(self) -> str | None:
+        """The slot of the live, running process that acquired last and still holds
+        (its last ``status`` is ACQUIRED), or None."""
+        running = {p.name: p.slot for p in self.fleet.procs() if p.alive and not p.paused}
+        seen: set[str] = set()
+        for r in reversed(self.history.records):
+            src = r["src"]
+            if r["ev"] == "status" and src in running and src not in seen:
+                if r["status"] == "ACQUIRED":
+                    return running[src]
+                seen.add(src)
+        return None
 
     def _members_settled(self, timeout: float = 10.0) -> None:
         """Before taking a member down: the previous one is back and healthy (so at most

@@ -39,7 +39,7 @@ EPISODES = {
 MEMBER_DOWN = tuple(sorted({down for down, _ in EPISODES.values()}))
 MEMBER_UP = tuple(sorted({up for _, up in EPISODES.values()}))
 MEMBER_KINDS = (*MEMBER_DOWN, *MEMBER_UP)
-OTHER_KINDS = ("compact", "steal")
+OTHER_KINDS = ("compact", "steal", "pause-holder", "resume-holder")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,10 @@ class Profile:
     #: seconds between deletions of the election's leader key by an "operator" (None:
     #: none); none in the last second
     steal_every: tuple[float, float] | None = None
+    #: seconds between pauses (each ``pause_for`` long) of a process that holds now (its
+    #: last status is ACQUIRED: the harness picks it when the pause happens), so that
+    #: holders really lose their leases while they believe they hold (None: none)
+    holder_pause_every: tuple[float, float] | None = None
     #: commands sent to slots (each slot gets these, in order, at random times within
     #: the given fraction of the run)
     commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
@@ -233,6 +237,14 @@ def make_plan(seed: int, duration: float, profile: Profile) -> Plan:
         while t < duration - 1.0:
             actions.append(Action(t, "steal", ""))
             t += rng.uniform(*profile.steal_every)
+
+    if profile.holder_pause_every is not None:
+        t = rng.uniform(*profile.holder_pause_every)
+        while t < duration - 1.0:
+            ref = next(refs)
+            back = min(t + rng.uniform(*profile.pause_for), duration)
+            actions += [Action(t, "pause-holder", "", ref), Action(back, "resume-holder", "", ref)]
+            t = back + rng.uniform(*profile.holder_pause_every)
 
     lo, hi = profile.command_window
     for slot, commands in sorted(profile.commands.items()):

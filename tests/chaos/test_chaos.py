@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pytest
@@ -39,6 +39,8 @@ MEMBER_FAULTS = {
     "replace": 0.5,
 }
 SEEDS = pytest.mark.parametrize("seed", SETTINGS.seeds)
+#: the toolkit's properties run one seed in the bounded run (any given ones otherwise)
+ONE_SEED = pytest.mark.parametrize("seed", SETTINGS.bounded_seeds(1))
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -87,6 +89,57 @@ def start(run: Run, cluster: EtcdCluster) -> None:
     run.record("cluster", endpoints=cluster.endpoints)
 
 
+def start_slots(
+    run: Run, slots: Sequence[str], module: str, args: Callable[[int, str, int], list[str]]
+) -> None:
+    """Start a process of ``module`` in each slot (and later, each one it respawns):
+    ``args(index, slot, gen)`` are its arguments after the endpoints (rotated by the
+    slot's index) and the run's namespace."""
+    for index, slot in enumerate(slots):
+
+        def make(gen: int, index: int = index, slot: str = slot) -> list[str]:
+            return [*run.base_args(index), *args(index, slot, gen)]
+
+        run.fleet.add(slot, module, make)
+
+
+def lease_profile(name: str, slots: Sequence[str], ttl: int, **more: Any) -> Profile:
+    """The faults of a property about holders of a lease: each process killed (and
+    respawned), paused past the TTL (its lease expires while it still believes it
+    holds) or briefly; every member fault but ``blackhole-all``, none in the last 3 s
+    (see README: a raft leader change re-arms every lease)."""
+    return Profile(
+        name,
+        slots=slots,
+        slot_kinds={"kill": 1.0, "pause": 1.0, "short-pause": 0.5},
+        pause_for=(ttl + 0.3, ttl + 2.0),
+        member_kinds=MEMBER_FAULTS,
+        member_quiet=3.0,
+        **more,
+    )
+
+
+def read_log(run: Run, path: str) -> list[dict[str, Any]]:
+    """The shared log's entries (JSON values) with the revision each was written at."""
+    entries = []
+    for kv in run.client.get_prefix(run.key(path)).kvs:
+        value = json.loads(kv.value)
+        entries.append({**value, "revision": kv.mod_revision, "key": kv.key_str})
+    return entries
+
+
+def told_and_done(run: Run, slots: Sequence[str], text: str, ev: str, timeout: float) -> bool:
+    """Send ``text`` to the current process of each slot and wait until each recorded
+    ``ev``; False after ``timeout`` seconds."""
+    procs = [run.fleet.command(slot, text) for slot in slots]
+    names = {proc.name for proc in procs if proc is not None}
+
+    def done() -> bool:
+        return names <= {r["src"] for r in run.history.records if r["ev"] == ev}
+
+    return run.history.wait_for(done, timeout)
+
+
 # --- property 1 ------------------------------------------------------------------------
 
 
@@ -100,38 +153,23 @@ def test_leader_safety(
     with Run("leader-safety", seed, cluster, SETTINGS, test_id=request.node.name) as run:
         start(run, cluster)
         run.record("params", ttl=ttl, seconds=seconds, electors=slots)
-        for index, slot in enumerate(slots):
 
-            def elector(gen: int, index: int = index, slot: str = slot) -> list[str]:
-                return [
-                    *run.base_args(index),
-                    *("--path", "/election", "--identity", f"{slot}.{gen}"),
-                    *("--ttl", str(ttl), "--log", "/log"),
-                ]
+        def elector(index: int, slot: str, gen: int) -> list[str]:
+            return [
+                *("--path", "/election", "--identity", f"{slot}.{gen}"),
+                *("--ttl", str(ttl), "--log", "/log"),
+            ]
 
-            run.fleet.add(slot, "elector", elector)
+        start_slots(run, slots, "elector", elector)
         run.fleet.wait_ready(run.fleet.procs(), 30, "status")
-        profile = Profile(
-            "leader-safety",
-            slots=slots,
-            slot_kinds={"kill": 1.0, "pause": 1.0, "short-pause": 0.5},
-            pause_for=(ttl + 0.3, ttl + 2.0),
-            member_kinds=MEMBER_FAULTS,
-            member_quiet=3.0,  # see README: a raft leader change re-arms every lease
-            steal_every=(2.0, 5.0),
-        )
+        profile = lease_profile("leader-safety", slots, ttl, steal_every=(2.0, 5.0))
         run.election = run.key("/election/")
         run.execute(make_plan(seed, seconds, profile))
         run.heal(ready="status")
         run.wait(ttl + 2.0 + 1.5)
         run.record("observed-until")
         run.fleet.stop_all()  # no write after the log is read
-        log = run.client.get_prefix(run.key("/log/"))
-        entries = []
-        for kv in log.kvs:
-            value = json.loads(kv.value)
-            entries.append({**value, "revision": kv.mod_revision, "key": kv.key_str})
-        run.record("final-log", entries=entries)
+        run.record("final-log", entries=read_log(run, "/log/"))
         election = run.client.get_prefix(
             run.key("/election/"), sort_target="CREATE", sort_order="ASCEND"
         )
@@ -157,13 +195,11 @@ def test_exactly_once_in_order(
         start(run, cluster)
         first = run.client.put(run.key("/seq/counter"), "0").header.revision
         run.record("params", count=count, seconds=seconds, consumers=consumers, writer="w")
-        for index, slot in enumerate(consumers):
 
-            def consumer(gen: int, index: int = index) -> list[str]:
-                start_at = ["--start-revision", str(first + 1)] if gen == 0 else []
-                return [*run.base_args(index), *start_at]
+        def consumer(index: int, slot: str, gen: int) -> list[str]:
+            return ["--start-revision", str(first + 1)] if gen == 0 else []
 
-            run.fleet.add(slot, "consumer", consumer)
+        start_slots(run, consumers, "consumer", consumer)
         run.fleet.wait_ready(run.fleet.procs(), 30)
         rate = [] if SETTINGS.seconds is None else ["--rate", f"{count / seconds:.1f}"]
 
@@ -237,22 +273,13 @@ def test_registration_convergence(
             resolvers=resolvers,
             per_process=5,
         )
-        for index, slot in enumerate(registrars):
 
-            def registrar(gen: int, index: int = index) -> list[str]:
-                addresses = ",".join(f"10.{index}.{gen}.{k + 1}:8080" for k in range(10))
-                return [
-                    *run.base_args(index),
-                    *("--service", "svc", "--ttl", str(ttl), "--addresses", addresses),
-                ]
+        def registrar(index: int, slot: str, gen: int) -> list[str]:
+            addresses = ",".join(f"10.{index}.{gen}.{k + 1}:8080" for k in range(10))
+            return ["--service", "svc", "--ttl", str(ttl), "--addresses", addresses]
 
-            run.fleet.add(slot, "registrar", registrar)
-        for index, slot in enumerate(resolvers):
-
-            def resolver(gen: int, index: int = index) -> list[str]:
-                return [*run.base_args(index), "--service", "svc", "--count", "5"]
-
-            run.fleet.add(slot, "resolvers", resolver)
+        start_slots(run, registrars, "registrar", registrar)
+        start_slots(run, resolvers, "resolvers", lambda *_: ["--service", "svc", "--count", "5"])
         run.fleet.wait_ready(run.fleet.procs(), 30)
         profile = Profile(
             "registration",
@@ -438,12 +465,7 @@ def test_freshness(
             bound=stale_after + FRESH_MARGIN,
             catch_up=CATCH_UP,
         )
-        for index, slot in enumerate(readers):
-
-            def reader(gen: int, index: int = index) -> list[str]:
-                return [*run.base_args(index), "--keys", str(FRESH_KEYS)]
-
-            run.fleet.add(slot, "fresh", reader)
+        start_slots(run, readers, "fresh", lambda *_: ["--keys", str(FRESH_KEYS)])
         run.fleet.wait_ready(run.fleet.procs(), 30)
 
         def writer_args(gen: int) -> list[str]:
@@ -474,16 +496,225 @@ def test_freshness(
         run.execute(make_plan(seed, seconds, profile))
         run.heal()
         run.wait(1.0)  # the writer writes on for a moment in a healthy cluster
-        writer = run.fleet.current("fw")
-        assert writer is not None
-        run.fleet.command("fw", "stop")
-
-        def done() -> bool:
-            return any(r["src"] == writer.name and r["ev"] == "done" for r in run.history.records)
-
-        if not run.history.wait_for(done, 30):
-            run.verdict([f"the writer {writer.name} did not stop in time"])
+        if not told_and_done(run, ["fw"], "stop", "done", 30):
+            run.verdict(["the writer did not stop in time"])
         run.wait(stale_after + FRESH_MARGIN + 1.5)
         run.record("observed-until")
         run.record("final-fresh", **fresh_final(run, FRESH_KEYS))
         run.verdict(checks.check_freshness(run.history.records))
+
+
+# --- properties 6 and 7 ----------------------------------------------------------------
+
+
+def read_ranks(run: Run, path: str, entries: Sequence[dict[str, Any]], limit: int) -> Any:
+    """For each revision of an accepted write: the create revisions of the first
+    ``limit`` keys (by create revision) under ``path`` at that revision, from etcd's
+    history (nothing is compacted in these runs)."""
+    ranks = {}
+    for revision in sorted({entry["revision"] for entry in entries}):
+        found = run.client.get_prefix(
+            run.key(path),
+            revision=revision,
+            sort_target="CREATE",
+            sort_order="ASCEND",
+            limit=limit,
+            keys_only=True,
+        )
+        ranks[str(revision)] = [kv.create_revision for kv in found.kvs]
+    return ranks
+
+
+def run_holders(
+    cluster: EtcdCluster,
+    seed: int,
+    seconds: float,
+    request: pytest.FixtureRequest,
+    *,
+    semaphore: int = 0,
+) -> None:
+    """Lock (``semaphore`` 0) or semaphore safety: holders that acquire, append fenced
+    writes to a log and release, over and over, under faults; then the log, etcd's
+    history of the holders' keys at each write, and :func:`checks.check_holders`."""
+    ttl = 3
+    prop = "semaphore" if semaphore else "lock"
+    slots = [f"h{i}" for i in range(5 if semaphore else 4)]
+    limit = semaphore or 1
+    with Run(prop, seed, cluster, SETTINGS, test_id=request.node.name) as run:
+        start(run, cluster)
+        run.record("params", ttl=ttl, seconds=seconds, holders=slots, max_holders=limit)
+
+        def holder(index: int, slot: str, gen: int) -> list[str]:
+            return [
+                *("--path", "/held", "--identity", f"{slot}.{gen}", "--ttl", str(ttl)),
+                *("--max-holders", str(semaphore), "--log", "/log"),
+            ]
+
+        start_slots(run, slots, "holder", holder)
+        run.fleet.wait_ready(run.fleet.procs(), 30)
+        profile = lease_profile(prop, slots, ttl, holder_pause_every=(1.0, 3.0))
+        run.execute(make_plan(seed, seconds, profile))
+        run.heal()
+        run.wait(ttl + 2.0 + 4.0)  # every live holder must write again in the last 4 s
+        run.record("observed-until")
+        run.fleet.stop_all()  # no write after the log is read
+        entries = read_log(run, "/log/")
+        run.record("final-log", entries=entries)
+        run.record("final-ranks", ranks=read_ranks(run, "/held/", entries, limit))
+        run.verdict(checks.check_holders(run.history.records))
+
+
+@ONE_SEED
+@bounded(10.0)
+def test_lock_safety(
+    cluster: EtcdCluster, seed: int, seconds: float, request: pytest.FixtureRequest
+) -> None:
+    run_holders(cluster, seed, seconds, request)
+
+
+@ONE_SEED
+@bounded(10.0)
+def test_semaphore_safety(
+    cluster: EtcdCluster, seed: int, seconds: float, request: pytest.FixtureRequest
+) -> None:
+    run_holders(cluster, seed, seconds, request, semaphore=2)
+
+
+# --- property 8 ------------------------------------------------------------------------
+
+
+@ONE_SEED
+@bounded(10.0)
+def test_counter_exactly_once(
+    cluster: EtcdCluster, seed: int, seconds: float, request: pytest.FixtureRequest
+) -> None:
+    adders = [f"a{i}" for i in range(3)]
+    with Run("counter", seed, cluster, SETTINGS, test_id=request.node.name) as run:
+        start(run, cluster)
+        run.record("params", seconds=seconds, adders=adders)
+        start_slots(run, adders, "adder", lambda *_: ["--path", "/counter"])
+        run.fleet.wait_ready(run.fleet.procs(), 30)
+        profile = Profile(
+            "counter",
+            slots=adders,
+            slot_kinds={"kill": 1.0, "pause": 0.5, "short-pause": 1.0},
+            pause_for=(1.5, 4.0),
+            # mostly faults that lose the answers of writes already sent (the raft
+            # leader killed, paused or cut off), one after the other
+            member_kinds={
+                **MEMBER_FAULTS,
+                "kill-leader": 2.0,
+                "pause-leader": 1.5,
+                "isolate-leader": 1.5,
+            },
+            member_gap=(0.2, 1.0),
+            member_down=(1.0, 2.5),
+        )
+        run.execute(make_plan(seed, seconds, profile))
+        run.heal()
+        run.wait(1.0)  # adds in a healthy cluster too
+        if not told_and_done(run, adders, "stop", "done", 30):
+            run.verdict(["the adders did not stop in time"])
+        run.record("observed-until")
+        stored = run.client.get(run.key("/counter"))
+        run.record("final-counter", value=int(stored.value) if stored is not None else 0)
+        run.verdict(checks.check_counter(run.history.records))
+
+
+# --- property 9 ------------------------------------------------------------------------
+
+
+@ONE_SEED
+@bounded(10.0)
+def test_partitioner_ownership(
+    cluster: EtcdCluster, seed: int, seconds: float, request: pytest.FixtureRequest
+) -> None:
+    ttl = 3
+    settle = 3.0  # to re-balance once the dead members' leases expired
+    slots = [f"p{i}" for i in range(4)]
+    items = [f"i{k:02d}" for k in range(12)]
+    with Run("partitioner", seed, cluster, SETTINGS, test_id=request.node.name) as run:
+        start(run, cluster)
+        run.record("params", ttl=ttl, seconds=seconds, members=slots, items=items, settle=settle)
+
+        def member(index: int, slot: str, gen: int) -> list[str]:
+            return [
+                *("--path", "/part", "--identity", f"{slot}.{gen}", "--ttl", str(ttl)),
+                *("--items", ",".join(items)),
+                *(["--auto-release"] if index == len(slots) - 1 else []),  # one of them
+            ]
+
+        start_slots(run, slots, "partitioner", member)
+        run.fleet.wait_ready(run.fleet.procs(), 30)
+        run.execute(make_plan(seed, seconds, lease_profile("partitioner", slots, ttl)))
+        run.heal()
+        run.wait(ttl + settle + 1.5)
+        run.record("observed-until")
+        run.fleet.stop_all()
+        prefix = run.key("/part/")
+        found = run.client.get_prefix(prefix).kvs
+        named = {kv.key_str[len(prefix) :]: kv.value_str for kv in found}
+        run.record(
+            "final-partition",
+            owners={k[len("items/") :]: v for k, v in named.items() if k.startswith("items/")},
+            members=[k[len("members/") :] for k in named if k.startswith("members/")],
+        )
+        run.verdict(checks.check_partitions(run.history.records))
+
+
+# --- property 10 -----------------------------------------------------------------------
+
+
+@ONE_SEED
+@bounded(10.0)
+def test_queue_delivery(
+    cluster: EtcdCluster, seed: int, seconds: float, request: pytest.FixtureRequest
+) -> None:
+    ttl = 3
+    producers, claimers, takers = ["u0"], ["k0", "k1"], ["t0"]
+    consumers = [*claimers, *takers]
+    with Run("queue", seed, cluster, SETTINGS, test_id=request.node.name) as run:
+        start(run, cluster)
+        run.record(
+            "params",
+            ttl=ttl,
+            seconds=seconds,
+            producers=producers,
+            claimers=claimers,
+            takers=takers,
+        )
+
+        def worker(index: int, slot: str, gen: int) -> list[str]:
+            mode = "claim" if slot in claimers else "take"
+            return ["--path", "/jobs", "--mode", mode, "--ttl", str(ttl)]
+
+        start_slots(run, consumers, "worker", worker)
+        start_slots(
+            run,
+            producers,
+            "producer",
+            lambda _, slot, gen: ["--path", "/jobs", "--identity", f"{slot}.{gen}"],
+        )
+        run.fleet.wait_ready(run.fleet.procs(), 30)
+        profile = lease_profile(
+            "queue",
+            [*consumers, *producers],
+            ttl,
+            kinds_of={slot: {"kill": 1.0, "short-pause": 1.0} for slot in producers},
+        )
+        run.execute(make_plan(seed, seconds, profile))
+        run.heal()
+        run.wait(1.0)  # puts in a healthy cluster too
+        if not told_and_done(run, producers, "stop", "done", 30):
+            run.verdict(["the producers did not stop in time"])
+
+        def drained() -> bool:
+            return run.client.get_prefix(run.key("/jobs/"), count_only=True).count == 0
+
+        run.history.wait_for(drained, 2 * ttl + 10.0, poll=0.5)  # claims of the dead expire
+        if not told_and_done(run, consumers, "stop", "done", 30):
+            run.verdict(["the consumers did not stop in time"])
+        run.record("observed-until")
+        left = run.client.get_prefix(run.key("/jobs/")).kvs
+        run.record("final-queue", values=[kv.value_str for kv in left])
+        run.verdict(checks.check_queue(run.history.records))

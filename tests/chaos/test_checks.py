@@ -505,6 +505,405 @@ def test_a_killed_reader_owes_nothing_after_its_death() -> None:
     assert any("f0.0/tracker was stale beyond the bound" in v for v in found), found
 
 
+# --- properties 6 and 7: lock and semaphore ------------------------------------------
+
+
+def held(
+    src: str, token: int, start: float, end: float, writes: list[tuple[int, float, int]]
+) -> list[Record]:
+    """``src`` holds with fencing token ``token`` (its key on lease ``token``, renewed
+    until long after) from ``start`` until it releases at ``end``, appending write n
+    at t with revision r for each (n, t, r) of ``writes``."""
+    records = [
+        lease(src, start - 0.1, token, 30.0),
+        rec(src, "status", start, status="ACQUIRED", token=token, key_lease=token),
+    ]
+    for n, t, revision in writes:
+        records += [
+            rec(src, "attempt", t, n=n, token=token, told="ACQUIRED", told_token=token),
+            rec(src, "write", t + 0.01, n=n, result="accepted", revision=revision),
+        ]
+    return [
+        *records,
+        rec(src, "releasing", end),
+        rec(src, "status", end + 0.01, status="RELEASED", token=0, key_lease=token),
+    ]
+
+
+def entries_of(records: list[Record]) -> list[dict[str, Any]]:
+    """The log entries of the accepted writes in ``records``."""
+    tokens = {(r["src"], r["n"]): r["token"] for r in records if r["ev"] == "attempt"}
+    return [
+        entry(r["src"], r["n"], tokens[(r["src"], r["n"])], r["revision"])
+        for r in records
+        if r["ev"] == "write" and r["result"] == "accepted"
+    ]
+
+
+def holders(
+    *holds: list[Record],
+    limit: int = 1,
+    log: list[dict[str, Any]] | None = None,
+    ranks: dict[str, list[int]] | None = None,
+) -> list[Record]:
+    """Holders a.0 and b.0 (TTL 3); the faults stop at t=5, so each must write again
+    between t=10 (healed + TTL + 2 s) and the end at t=13. ``log`` and ``ranks``
+    default to what the accepted writes say (each writer first at its revision)."""
+    own = [r for hold in holds for r in hold]
+    entries = entries_of(own) if log is None else log
+    if ranks is None:
+        ranks = {str(e["revision"]): [e["token"]] for e in entries}
+    records = [
+        harness("params", 0.0, ttl=3, holders=["a", "b"], max_holders=limit),
+        harness("spawn", 0.0, proc="a.0", slot="a", args=[]),
+        harness("spawn", 0.0, proc="b.0", slot="b", args=[]),
+        *own,
+        harness("healed", 5.0),
+        harness("observed-until", 13.0),
+        harness("final-log", 13.1, entries=entries),
+        harness("final-ranks", 13.1, ranks=ranks),
+    ]
+    return sorted(records, key=lambda r: r["t"])
+
+
+#: a.0 and b.0 take turns: before the faults end and again after
+TURNS = [
+    held("a.0", 10, 1.0, 2.0, [(1, 1.2, 11), (2, 1.5, 12)]),
+    held("b.0", 13, 2.5, 3.5, [(1, 2.7, 14), (2, 3.0, 15)]),
+    held("a.0", 20, 10.5, 11.0, [(3, 10.6, 21)]),
+    held("b.0", 22, 11.5, 12.0, [(3, 11.6, 23)]),
+]
+
+
+def test_holders_taking_turns_pass() -> None:
+    assert checks.check_holders(holders(*TURNS)) == []
+    spans = checks.beliefs(holders(*TURNS), 13.0, checks.ACQUIRED)
+    assert [(b.start, b.end, b.token) for b in spans["a.0"]] == [(1.0, 2.0, 10), (10.5, 11.0, 20)]
+
+
+def test_a_holder_whose_lease_ran_out_believes_nothing_after_its_deadline() -> None:
+    # a.0 is paused from t=1.6: its lease is not renewed past t=3.0; b.0 takes over at
+    # 3.2 while a.0 (resumed at 4.0) still says ACQUIRED: only its deadline counts
+    late = held("a.0", 10, 1.0, 4.5, [(1, 1.2, 11)])
+    late[0] = lease("a.0", 0.9, 10, 3.0)
+    taken = held("b.0", 13, 3.2, 4.0, [(1, 3.3, 14)])
+    assert checks.check_holders(holders(late, taken, *TURNS[2:])) == []
+    # ... but a guard that passed after the deadline is found, accepted or not
+    after = [*late, rec("a.0", "attempt", 4.2, n=2, token=10, told="ACQUIRED", told_token=10)]
+    found = checks.check_holders(holders(after, taken, *TURNS[2:]))
+    assert any("a.0 passed its guard (held) for write #2 at t=4.200" in v for v in found), found
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # b.0 believes it holds while a.0 still does
+        (lambda h: [h[0], held("b.0", 13, 1.8, 3.5, [(1, 2.7, 14)]), *h[2:]], "2 holders at once"),
+        # a.0's second write was attempted after it was told SUSPENDED, and accepted
+        (
+            lambda h: [
+                [
+                    *h[0][:4],
+                    rec("a.0", "status", 1.4, status="SUSPENDED", token=0, key_lease=10),
+                    rec("a.0", "attempt", 1.5, n=2, token=10, told="SUSPENDED", told_token=0),
+                    *h[0][5:],
+                ],
+                *h[1:],
+            ],
+            "was accepted but its writer was last told SUSPENDED",
+        ),
+        # b.0 does not get the lock again after the faults
+        (lambda h: h[:3], "b.0 had no write accepted"),
+    ],
+)
+def test_holder_violations_are_found(change: Any, expected: str) -> None:
+    found = checks.check_holders(holders(*change(TURNS)))
+    assert any(expected in v for v in found), found
+
+
+def test_server_side_interleaving_and_ranks_are_found() -> None:
+    own = [r for hold in TURNS for r in hold]
+    log = entries_of(own)
+    log[1] = {**log[1], "revision": 14}  # a.0's second write after b.0's first
+    log[2] = {**log[2], "revision": 12}
+    found = checks.check_holders(holders(*TURNS, log=log))
+    assert any("2 holders' accepted writes interleave at revision 12" in v for v in found), found
+    assert any("fencing token went back" in v for v in found), found
+    assert any("acknowledged write a.0#2 is not in the log" in v for v in found), found
+    ranks = {str(e["revision"]): [e["token"]] for e in entries_of(own)}
+    ranks["14"] = [10]  # a.0's key was still first when b.0's write was accepted
+    found = checks.check_holders(holders(*TURNS, ranks=ranks))
+    assert any("b.0#1 was accepted at revision 14 while its key" in v for v in found), found
+    twice = [*entries_of(own), entry("b.0", 9, 10, 30)]
+    found = checks.check_holds(twice, 1)
+    assert any("token 10 was written with by a.0 and by b.0" in v for v in found), found
+
+
+def test_a_semaphore_allows_its_holders_but_not_one_more() -> None:
+    two = [
+        held("a.0", 10, 1.0, 3.0, [(1, 1.2, 11), (2, 2.5, 14)]),
+        held("b.0", 12, 1.1, 3.1, [(1, 1.3, 13), (2, 2.6, 15)]),
+        *TURNS[2:],
+    ]
+    assert checks.check_holders(holders(*two, limit=2)) == []
+    third = held("c.0", 16, 2.0, 2.8, [(1, 2.1, 12), (2, 2.7, 16)])
+    found = checks.check_holders(holders(*two, third, limit=2))
+    assert any("3 holders at once (at most 2)" in v for v in found), found
+    assert any("3 holders' accepted writes interleave" in v for v in found), found
+
+
+# --- property 8: counter ----------------------------------------------------------------
+
+
+def adds(*extra: Record, final: int = 4) -> list[Record]:
+    """Adders a0.0 and a1.0 were told the values 1..4; the faults stop at t=5."""
+    return [
+        harness("params", 0.0, adders=["a0", "a1"]),
+        harness("spawn", 0.0, proc="a0.0", slot="a0", args=[]),
+        harness("spawn", 0.0, proc="a1.0", slot="a1", args=[]),
+        *(rec(src, "add", t, n=n) for src, n, t in (("a0.0", 1, 1.0), ("a1.0", 1, 1.1))),
+        rec("a0.0", "added", 1.2, n=1, value=1),
+        rec("a1.0", "added", 1.3, n=1, value=2),
+        harness("healed", 5.0),
+        *(rec(src, "add", t, n=2) for src, t in (("a0.0", 6.0), ("a1.0", 6.1))),
+        rec("a0.0", "added", 6.2, n=2, value=3),
+        rec("a1.0", "added", 6.3, n=2, value=4),
+        *extra,
+        rec("a0.0", "done", 8.0),
+        rec("a1.0", "done", 8.0),
+        harness("final-counter", 9.0, value=final),
+    ]
+
+
+def test_every_acknowledged_increment_counts_once() -> None:
+    assert checks.check_counter(adds()) == []
+    # one more whose outcome is unknown may or may not be in the counter
+    unknown = [rec("a0.0", "add", 7.0, n=3), rec("a0.0", "indeterminate", 7.5, n=3)]
+    assert checks.check_counter(adds(*unknown)) == []
+    assert checks.check_counter(adds(*unknown, final=5)) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "final", "expected"),
+    [
+        ([], 5, "ends at 5, but 4 adds were acknowledged and 0 have an unknown outcome"),
+        ([], 3, "was told the value 4; the final one is 3"),
+        (
+            [rec("a0.0", "add", 7.0, n=3), rec("a0.0", "add-error", 7.5, n=3, error="x")],
+            5,
+            "ends at 5",
+        ),
+        ([rec("a1.0", "add", 7.0, n=3), rec("a1.0", "added", 7.1, n=3, value=3)], 4, "both told"),
+        ([rec("a1.0", "add", 7.0, n=3), rec("a1.0", "added", 7.1, n=3, value=1)], 4, "told 4"),
+    ],
+)
+def test_counter_violations_are_found(extra: list[Record], final: int, expected: str) -> None:
+    found = checks.check_counter(adds(*extra, final=final))
+    assert any(expected in v for v in found), found
+
+
+def test_an_add_in_flight_when_its_adder_was_killed_may_count() -> None:
+    killed = [rec("a1.0", "add", 7.0, n=3), harness("kill", 7.1, proc="a1.0")]
+    records = [r for r in adds(*killed, final=5) if not (r["src"] == "a1.0" and r["t"] > 7.1)]
+    assert checks.check_counter(records) == []
+    not_stopped = [r for r in adds() if r["ev"] != "done" or r["src"] != "a1.0"]
+    assert any("a1.0 did not stop" in v for v in checks.check_counter(not_stopped))
+
+
+# --- property 9: partitioner ------------------------------------------------------------
+
+ITEMS4 = ["i0", "i1", "i2", "i3"]
+
+
+def part(src: str, t: float, state: str, items: list[str], token: int, lease_id: int) -> Record:
+    identity = f"{src}-0"
+    return rec(
+        src, "status", t, status=state, token=token, identity=identity, items=items,
+        key_lease=lease_id,
+    )  # fmt: skip
+
+
+def partitions(*extra: Record, renew_until: float = 13.0, **final: Any) -> list[Record]:
+    """p0.0 owns every item from t=1; p1.0 joins and at t=2.5 they own their halves
+    ([i0, i2] and [i1, i3]); the faults stop at t=5; every share must be settled by
+    t=11 (healed + TTL + 3 s) and stay so until t=13."""
+    records = [
+        harness("params", 0.0, ttl=3, members=["p0", "p1"], items=ITEMS4, settle=3.0),
+        harness("spawn", 0.0, proc="p0.0", slot="p0", args=[]),
+        harness("spawn", 0.0, proc="p1.0", slot="p1", args=[]),
+        rec("p0.0", "member", 0.5, identity="p0.0-0"),
+        rec("p1.0", "member", 1.6, identity="p1.0-0"),
+        *(lease("p0.0", t, 1, t + 3.0) for t in range(0, int(renew_until))),
+        *(lease("p1.0", t + 0.7, 2, t + 3.7) for t in range(1, 13)),
+        part("p0.0", 1.0, "ACQUIRED", ITEMS4, 1, 1),
+        part("p1.0", 1.8, "ALLOCATING", [], 1, 2),
+        part("p0.0", 2.0, "RELEASE", ITEMS4, 2, 1),
+        part("p0.0", 2.1, "ALLOCATING", [], 3, 1),
+        part("p0.0", 2.5, "ACQUIRED", ["i0", "i2"], 4, 1),
+        part("p1.0", 2.6, "ACQUIRED", ["i1", "i3"], 2, 2),
+        harness("healed", 5.0),
+        *extra,
+        harness("observed-until", 13.0),
+        harness(
+            "final-partition",
+            13.1,
+            **{
+                "owners": {"i0": "p0.0-0", "i1": "p1.0-0", "i2": "p0.0-0", "i3": "p1.0-0"},
+                "members": ["p0.0-0", "p1.0-0"],
+                **final,
+            },
+        ),
+    ]
+    return sorted(records, key=lambda r: r["t"])
+
+
+def test_partitions_that_hand_over_pass() -> None:
+    assert checks.check_partitions(partitions()) == []
+
+
+def test_an_item_acquired_twice_is_found_unless_the_first_lease_ran_out() -> None:
+    early = partitions(part("p1.0", 1.7, "ACQUIRED", ["i1", "i3"], 9, 2))
+    found = checks.check_partitions(early)
+    assert any("item i1: 2 holders at once" in v for v in found), found
+    assert any("item i3: 2 holders at once" in v for v in found), found
+
+    # p0.0 is paused with every item from t=1.2 (its lease valid until 4.0): p1.0 may
+    # take them all at 4.5, and p0.0's ACQUIRED it still says means nothing then
+    def kept(r: Record) -> bool:  # p0.0 says nothing after 1.9, p1.0 acquires later
+        return r["t"] < 1.9 or (r["src"] != "p0.0" and r["ev"] != "status")
+
+    paused = [r for r in partitions(renew_until=2) if kept(r)]
+    paused += [
+        part("p1.0", 4.5, "ACQUIRED", ITEMS4, 3, 2),
+        harness("kill", 6.0, proc="p0.0"),
+    ]
+    paused = sorted(paused, key=lambda r: r["t"])
+    final = {"owners": dict.fromkeys(ITEMS4, "p1.0-0"), "members": ["p1.0-0"]}
+    paused[-1] = harness("final-partition", 13.1, **final)
+    assert checks.check_partitions(paused) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "final", "expected"),
+    [
+        (
+            [part("p1.0", 9.0, "RELEASE", ["i1", "i3"], 5, 2)],
+            {},
+            "p1.0-0 is RELEASE of ['i1', 'i3'] at t=11.000",
+        ),
+        (
+            [part("p1.0", 12.0, "ACQUIRED", ["i1"], 5, 2)],
+            {},
+            "p1.0-0 is ACQUIRED of ['i1'] at t=12.000",
+        ),
+        ([], {"owners": {"i0": "p0.0-0"}}, "etcd's owners differ"),
+        ([], {"members": ["p0.0-0"]}, "etcd's members are ['p0.0-0']"),
+    ],
+)
+def test_partition_convergence_violations_are_found(
+    extra: list[Record], final: dict[str, Any], expected: str
+) -> None:
+    found = checks.check_partitions(partitions(*extra, **final))
+    assert any(expected in v for v in found), found
+
+
+# --- property 10: queue ----------------------------------------------------------------
+
+
+def claimed(src: str, value: str, token: int, start: float, end: float) -> list[Record]:
+    """``src`` claims ``value`` (the key ``/jobs/<value>``, its marker at revision
+    ``token`` on lease 7, renewed until long after) at ``start`` and acks it at
+    ``end``."""
+    key = f"/jobs/{value}"
+    return [
+        lease(src, start - 0.1, 7, 30.0),
+        rec(src, "status", start, status="HELD", token=token, key_lease=7, key=key),
+        rec(src, "claimed", start + 0.01, value=value, key=key, token=token),
+        rec(src, "acking", end, value=value, token=token),
+        rec(src, "status", end + 0.01, status="ACKED", token=token, key_lease=7, key=key),
+        rec(src, "acked", end + 0.02, value=value, key=key),
+    ]
+
+
+def taken(src: str, value: str, t: float) -> list[Record]:
+    return [rec(src, "taking", t), rec(src, "taken", t + 0.01, value=value, key=f"/jobs/{value}")]
+
+
+def jobs(*extra: Record, final: list[str] | None = None) -> list[Record]:
+    """u.0 puts v1..v4; k.0 claims and acks v1 and v3, l.0 claims and acks v2, t.0
+    takes v4."""
+    records = [
+        harness("params", 0.0, ttl=3, producers=["u"], claimers=["k", "l"], takers=["t"]),
+        *(harness("spawn", 0.0, proc=f"{s}.0", slot=s, args=[]) for s in "uklt"),
+        *(
+            rec("u.0", ev, 0.5 + n / 10, value=f"v{n}")
+            for n in range(1, 5)
+            for ev in ("put", "put-ok")
+        ),
+        *claimed("k.0", "v1", 11, 1.0, 1.5),
+        *claimed("l.0", "v2", 12, 1.1, 1.6),
+        *claimed("k.0", "v3", 13, 2.0, 2.5),
+        *taken("t.0", "v4", 2.0),
+        *extra,
+        harness("observed-until", 10.0),
+        harness("final-queue", 10.1, values=final or []),
+    ]  # fmt: skip
+    return sorted(records, key=lambda r: r["t"])
+
+
+def test_a_queue_delivering_each_item_once_passes() -> None:
+    assert checks.check_queue(jobs()) == []
+    # an item claimed by a consumer that was paused past its lease and claimed again
+    paused = claimed("k.0", "v5", 14, 3.0, 9.0)
+    paused[0] = lease("k.0", 2.9, 7, 5.0)  # not renewed after t=2
+    paused[-3:] = [
+        rec("k.0", "acking", 9.0, value="v5", token=14),
+        rec("k.0", "ack-lost", 9.1, value="v5", reason="another consumer claimed it"),
+    ]
+    again = [*claimed("l.0", "v5", 15, 5.5, 6.0), rec("u.0", "put", 2.5, value="v5")]
+    assert checks.check_queue(jobs(*paused, *again)) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "final", "expected"),
+    [
+        (taken("t.0", "v1", 3.0), None, "v1 was delivered 2 times: acked by k.0, taken by t.0"),
+        (claimed("l.0", "v1", 20, 3.0, 3.5), None, "v1 was delivered 2 times"),
+        (taken("t.0", "zz", 3.0), None, "zz was delivered (taken by t.0) but nobody put it"),
+        ([rec("l.0", "acked", 3.0, value="v3")], None, "l.0 acked v3 without claiming it"),
+        ([], ["v9"], "the queue still holds 1 items"),
+        (
+            [rec("u.0", "put", 3.0, value="v5"), rec("u.0", "put-ok", 3.1, value="v5")],
+            None,
+            "1 acknowledged items were never delivered (only 0 takes have an unknown "
+            "outcome): ['v5']",
+        ),
+    ],
+)
+def test_queue_violations_are_found(
+    extra: list[Record], final: list[str] | None, expected: str
+) -> None:
+    found = checks.check_queue(jobs(*extra, final=final))
+    assert any(expected in v for v in found), found
+
+
+def test_two_claims_of_one_item_at_once_are_found() -> None:
+    both = jobs(*claimed("l.0", "v1", 21, 1.2, 1.4))
+    found = checks.check_queue(both)
+    assert any("claims of /jobs/v1: 2 holders at once" in v for v in found), found
+
+
+def test_an_item_whose_delivery_went_unseen_is_not_lost() -> None:
+    put = [rec("u.0", "put", 3.0, value="v5"), rec("u.0", "put-ok", 3.1, value="v5")]
+    in_flight = [rec("t.0", "taking", 4.0), harness("kill", 4.5, proc="t.0")]
+    assert checks.check_queue(jobs(*put, *in_flight)) == []
+    acking = claimed("l.0", "v5", 20, 4.0, 4.5)[:4]  # killed while acking
+    assert checks.check_queue(jobs(*put, *acking, harness("kill", 4.6, proc="l.0"))) == []
+    unknown = [*acking, rec("l.0", "ack-error", 4.6, value="v5", indeterminate=True)]
+    unknown += [rec("l.0", "ack-lost", 5.0, value="v5", reason="the item was acked since")]
+    assert checks.check_queue(jobs(*put, *unknown)) == []
+
+
 # --- schedule ----------------------------------------------------------------------------
 
 PROFILE = Profile(
@@ -587,6 +986,16 @@ def test_a_profile_can_open_with_a_chosen_fault() -> None:
     for seed in range(5):
         downs = [a.kind for a in make_plan(seed, 20.0, opening).actions if a.kind in MEMBER_DOWN]
         assert downs[0] == "member-blackhole-all" and set(downs[1:]) == {"member-kill"}
+
+
+def test_holders_are_paused_in_pairs_of_actions_that_end() -> None:
+    profile = Profile("x", holder_pause_every=(1.0, 3.0), pause_for=(3.3, 5.0))
+    for seed in range(5):
+        plan = make_plan(seed, 30.0, profile)
+        pauses = {a.ref: a.at for a in plan.actions if a.kind == "pause-holder"}
+        resumes = {a.ref: a.at for a in plan.actions if a.kind == "resume-holder"}
+        assert len(pauses) >= 5 and pauses.keys() == resumes.keys()
+        assert all(pauses[ref] < resumes[ref] <= 30.0 for ref in pauses)
 
 
 def test_an_unknown_member_fault_is_refused() -> None:

@@ -10,11 +10,11 @@ Commands: ``stop`` resigns and exits.
 
 from __future__ import annotations
 
-import json
 import time
+from functools import partial
 
-from geventc import ElectionEvent, Op
-from geventc.errors import EtcdError, NotLeader
+from geventc import ElectionEvent
+from geventc.errors import NotLeader
 
 from . import common
 
@@ -35,9 +35,7 @@ def main() -> None:
     stop = common.stop_on_command()
     attempt = refused_locally = 0
     while not stop.is_set():
-        while (event := channel.get_nowait()) is not None:
-            if not isinstance(event, ElectionEvent):
-                common.emit("recipe-error", error=repr(event.error), fatal=event.fatal)
+        common.drain(channel, None, ElectionEvent)  # records the problems it was told of
         now = time.monotonic()  # is_leader is evaluated right after, with no switch between
         try:
             guard = elector.guard()
@@ -50,15 +48,7 @@ def main() -> None:
         token = elector.fencing_token
         # recorded before the txn is sent, with no switch since the guard was taken
         common.emit("attempt", t=now, n=attempt, told=told.value if told else None, token=token)
-        key = f"{args.log}/{args.identity}/{attempt:06d}"
-        value = json.dumps({"identity": args.identity, "n": attempt, "token": token})
-        try:
-            result = conn.txn([guard], [Op.put(key, value)])
-        except EtcdError as exc:
-            common.emit("write", n=attempt, result="error", error=repr(exc))
-        else:
-            outcome = "accepted" if result.succeeded else "fenced"
-            common.emit("write", n=attempt, result=outcome, revision=result.header.revision)
+        common.append_fenced(args.log, args.identity, attempt, token, partial(conn.txn, [guard]))
         stop.wait(args.interval)
     common.emit("stopping", attempts=attempt, refused_locally=refused_locally)
     common.timed("elector", elector.stop)
