@@ -328,6 +328,13 @@ METHOD = """## How it was measured
   it; "txn to every service" writes all services in one txn and waits for every
   subscriber. geventc's subscribers are `ServiceTracker`s, each read by its own greenlet
   (RSS is shown with and without those reading greenlets).
+- T1-T3 (`benchmarks/toolkit.py`): "etcd requests" are the gRPC calls etcd started
+  meanwhile (`grpc_server_started_total` in its `/metrics`; the gateway makes one per
+  HTTP request), by method, so they count the same way for every implementation; only
+  one worker runs at a time, so they are that worker's. geventc's own HTTP requests are
+  `conn.client.transport.requests`. T1's contended holders each have their own
+  connector (client); a holder queues again only once another holder acquired, so every
+  release finds the other holders waiting.
 """
 
 

