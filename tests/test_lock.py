@@ -8,6 +8,7 @@ import time
 import gevent
 import pytest
 from helpers.channels import next_of
+from helpers.process import next_line, python_process
 from helpers.server import paused
 from helpers.waiting import wait_until
 
@@ -21,6 +22,7 @@ from geventc.errors import (
 )
 from geventc.recipes.contender import Contender, LockEvent, LockStatus
 from geventc.testing import EtcdServer
+from geventc.testing.plugin import EtcdTestContext
 
 
 def next_status(holder: Contender, timeout: float = 10.0) -> LockStatus:
@@ -177,6 +179,36 @@ def test_suspended_comes_before_lost_when_the_server_goes_away(
         assert lock.acquire(timeout=5)  # on the lease granted after the loss
         assert lock.held
         lock.stop()
+
+
+HOLDER = """
+from gevent import monkey; monkey.patch_all()
+import sys, geventc
+conn = geventc.connect(sys.argv[1].split(","), namespace=sys.argv[2])
+lock = conn.lock(sys.argv[3], ttl=int(sys.argv[4]))
+assert lock.acquire(timeout=10)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_holders_lock_passes_on_within_ttl_plus_a_second(
+    conn: geventc.Connector, etcd: EtcdTestContext, conn_namespace: str
+) -> None:
+    ttl = 2
+    args = [",".join(etcd.endpoints), conn_namespace, "/locks/killed", str(ttl)]
+    with python_process(HOLDER, *args) as process:
+        assert next_line(process, 15) == "held"
+        waiting = conn.lock("/locks/killed")
+        waiter = gevent.spawn(waiting.acquire, ttl + 5)
+        gevent.sleep(0.3)
+        assert not waiter.ready()
+        process.kill()  # SIGKILL: no release, no revoke; the lease runs out
+        killed = time.monotonic()
+        assert waiter.get(timeout=ttl + 5) is True
+        took = time.monotonic() - killed
+        assert took < ttl + 1.0, f"the lock passed on {took:.2f}s after the kill (ttl {ttl}s)"
+    waiting.stop()
 
 
 def test_a_dead_holders_lock_passes_on_within_its_ttl(
