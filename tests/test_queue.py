@@ -492,6 +492,8 @@ def test_a_claim_whose_answer_was_lost_is_not_stuck() -> None:
             queue.put("warm-up")
             queue.claim(timeout=5).ack()  # both watches have synced
             queue.put("a")
+            view = queue._items  # the queue's own watch: it must show "a" before the cut
+            wait_until(lambda: view is not None and len(view.state) == 1, 5, "a is seen")
             proxy.cut("to_client")  # requests reach etcd, answers are held
             outcome = gevent.spawn(queue.claim, 5)
             wait_until(lambda: other.get_prefix("__claims/jobs/").kvs, 5, "claim applied")
