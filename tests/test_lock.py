@@ -332,3 +332,25 @@ def test_stop_ends_an_acquire_waiting_in_another_greenlet(
     assert len(conn.get_prefix("/locks/stop/").kvs) == 1  # only the holder's key
     assert conn.lease_keeper.leases() == []
     holder.stop()
+
+
+def test_a_stop_while_the_claim_is_on_its_way_leaves_no_key(etcd: EtcdTestContext) -> None:
+    from geventc.testing.faults import FaultProxy
+
+    with (
+        FaultProxy(etcd.endpoints[0]) as proxy,
+        geventc.connect([proxy.endpoint], namespace=etcd.prefix.strip("/"), timeout=5.0) as conn,
+    ):
+        conn.ephemeral_key("/locks/other-holder").create("x", ttl=10)  # keeps the lease
+        lock = conn.lock("/locks/inflight", ttl=10)
+        lock.start()
+        proxy.cut("to_client")  # the claim reaches etcd, its answer is held
+        acquiring = gevent.spawn(lock.acquire)
+        wait_until(lambda: len(etcd.client().get_prefix(etcd.key("locks/inflight/")).kvs), 5,
+                   "the claim is applied")  # fmt: skip
+        assert lock.stop().confirmed  # nothing it knew of was held
+        proxy.heal()
+        with pytest.raises(RecipeStateError, match="stopped"):
+            acquiring.get(timeout=5)
+        wait_until(lambda: not etcd.client().get_prefix(etcd.key("locks/inflight/")).kvs, 5,
+                   "the stopped lock's key is deleted")  # fmt: skip

@@ -330,6 +330,7 @@ class Contender(Recipe[LockEvent]):
         """Queue and wait (until the caller's timer fires) until held."""
         backoff = Backoff(first=0.05)
         while True:
+            self._check_running()
             try:
                 if self._try():
                     return True
@@ -389,6 +390,7 @@ class Contender(Recipe[LockEvent]):
                 raise EtcdError(f"{key.decode()!r} is not on the lease of {self!r}")
             revision = mine[0].create_revision
         self._key, self._revision, self._lease_of_key = key, revision, lease.id
+        self._check_running()  # stopped while the txn was on its way: the key goes
         ahead = 0
         for kv in _range(result, 1).kvs:
             if kv.key != key:
@@ -417,8 +419,7 @@ class Contender(Recipe[LockEvent]):
     def _turn(self) -> bool | None:
         """From the watch's copy: True when held, False when our key is gone (or its
         lease), None while waiting; raises :class:`RecipeStateError` once stopped."""
-        if not self._running:
-            raise RecipeStateError(f"{self!r} was stopped while acquiring")
+        self._check_running()
         if self._state_revision < self._revision:
             return None  # the copy does not show our key yet
         mine = self._state.get(self._key)
@@ -438,6 +439,12 @@ class Contender(Recipe[LockEvent]):
             return None
         self._held = True
         return True
+
+    def _check_running(self) -> None:
+        """Raise :class:`RecipeStateError` once the recipe was stopped (an acquire in
+        another greenlet then ends, and its clean-up deletes what it wrote)."""
+        if not self._running:
+            raise RecipeStateError(f"{self!r} was stopped while acquiring")
 
     def _watch(self) -> None:
         if not self._watching:
