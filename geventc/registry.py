@@ -154,7 +154,13 @@ class Registry(Recipe[EphemeralEvent | Staleness]):
         return self.stop()
 
     def _release(self) -> Release | None:
-        pending = [self._conn.group.spawn(self.deregister, i) for i in self.instances()]
+        """Deregister every instance at once, each by the registry's own deadline (a
+        little before it, so that each outcome is in when it comes)."""
+        self._forget_abandoned()
+        keys = [ephemeral for _, ephemeral in self._keys.values()]
+        self._keys.clear()
+        deadline = self._release_deadline - min(0.05, self._remaining() / 10)
+        pending = [self._conn.group.spawn(key._shutdown, deadline=deadline) for key in keys]
         gevent.joinall(pending)
         failed = [g.value if isinstance(g.value, Release) else None for g in pending]
         failed = [r for r in failed if r is None or not r.confirmed]
@@ -165,5 +171,14 @@ class Registry(Recipe[EphemeralEvent | Staleness]):
             False,
             f"{len(failed)} instance(s) not confirmed deregistered"
             + (f"; e.g. {first.detail}" if first else ""),
-            max((r.expires_in or 0.0 for r in failed if r is not None), default=None),
+            _last_to_go(failed),
         )
+
+
+def _last_to_go(failed: list[Release | None]) -> float | None:
+    """About how long the last of the keys ``failed`` to delete stays: None when one of
+    them stays until a background retry succeeds (or its outcome is unknown)."""
+    expiries = [None if r is None else r.expires_in for r in failed]
+    if any(e is None for e in expiries):
+        return None
+    return max(e for e in expiries if e is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import gevent
 import pytest
 from helpers.channels import next_of
 from helpers.waiting import wait_until
@@ -11,8 +12,9 @@ from helpers.waiting import wait_until
 import geventc
 from geventc import EphemeralEvent, EphemeralKey, EphemeralStatus, RecipeError, wire
 from geventc.errors import InvalidArgument, KeyExists, PermissionDenied, RecipeStateError
-from geventc.testing import EtcdServer
+from geventc.testing import EtcdServer, FaultProxy
 from geventc.testing.plugin import EtcdTestContext
+from geventc.wire import EventType
 
 
 def next_event(key: EphemeralKey, timeout: float = 10.0) -> EphemeralEvent:
@@ -189,3 +191,86 @@ def test_a_revoked_lease_is_replaced_not_retried(conn: geventc.Connector) -> Non
     kv = conn.get("/rv/k")
     assert kv is not None and kv.lease not in (0, old.lease)
     key.delete()
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["create", "overwrite"])
+def test_a_key_stopped_while_its_re_creation_is_under_way_is_deleted(
+    private_server: EtcdServer, overwrite: bool
+) -> None:
+    """stop() kills a re-creation whose write etcd already applied (its answer is still
+    on the way): the key is on the shared lease that another holder keeps alive, so the
+    stop deletes it (in the background while etcd does not answer) and says so; it never
+    says the key is gone while it is not, and nothing re-creates it afterwards."""
+    with (
+        FaultProxy(private_server.endpoint) as proxy,
+        geventc.connect([proxy.endpoint], namespace="/t", timeout=5, stop_timeout=0.5) as conn,
+        geventc.connect(private_server.endpoints, namespace="/t") as direct,
+    ):
+        keeper = conn.ephemeral_key("/keep")
+        keeper.create("v", ttl=10)  # keeps the shared lease alive throughout
+        key = EphemeralKey(conn, "/eph", overwrite=overwrite)
+        key.create("v", ttl=10)
+        (lease,) = conn.lease_keeper.leases()
+        proxy.delay(0.3)  # the deletion, then the re-creation, take their time
+        assert direct.delete("/eph")
+        wait_until(lambda: direct.get("/eph") is not None, 5, "the key re-created")
+        proxy.cut("to_client")  # etcd applied the write; its answer is held
+        release = key.delete()
+        now = direct.get("/eph")
+        assert not release or now is None, f"{release} while the key is on {now}"
+        assert not release and "retried in the background" in release.detail
+        proxy.heal()
+        wait_until(lambda: direct.get("/eph") is None, 10, "the key to go")
+        wait_until(lambda: lease.holders == 1, 5, "the share to be given back")
+        time.sleep(0.5)  # whatever was under way has arrived by now
+        assert direct.get("/eph") is None and direct.get("/keep") is not None
+        assert keeper.delete()
+
+
+def _held_requests(proxy: FaultProxy) -> bool:
+    """True when the proxy holds bytes on their way to etcd (the harness's internals)."""
+    return any(p.held for link in proxy._links for p in link.pipes if p.direction == "to_server")
+
+
+def test_the_deletion_of_a_stopped_key_comes_after_its_write_under_way(
+    private_server: EtcdServer,
+) -> None:
+    """A stop that cuts a re-creation short leaves its write to finish and sends the
+    deletion only after the write's answer (in the background when it does not come in
+    time): a deletion sent first could be applied first and the key stay for good on the
+    lease another holder keeps alive."""
+    with (
+        FaultProxy(private_server.endpoint) as proxy,
+        geventc.connect([proxy.endpoint], namespace="/t", timeout=3, stop_timeout=0.5) as conn,
+        geventc.connect(private_server.endpoints, namespace="/t") as direct,
+    ):
+        keeper = conn.ephemeral_key("/keep")
+        keeper.create("v", ttl=10)  # keeps the shared lease alive throughout
+        key = EphemeralKey(conn, "/eph", overwrite=True)  # a registry's way
+        key.create("v", ttl=10)
+        (lease,) = conn.lease_keeper.leases()
+        direct.delete("/eph")  # once with nothing held: the watch is seen to be live
+        assert next_event(key).status is EphemeralStatus.LOST
+        assert next_event(key).status is EphemeralStatus.RESTORED
+        proxy.cut("to_server")  # the next re-creation is held on its way to etcd
+        deleted = direct.delete("/eph").header.revision
+        assert next_event(key).status is EphemeralStatus.LOST
+        wait_until(lambda: _held_requests(proxy), 5, "the re-creation held by the proxy")
+        release = key.delete()
+        assert not release and "retried in the background" in release.detail
+        proxy.heal()  # the write arrives and is answered; then the deletion is sent
+        stream = direct.watch("/eph", start_revision=deleted + 1)
+        events = []
+        with gevent.Timeout(10):
+            for response in stream:
+                events.extend(response.events)
+                if len(events) >= 2:
+                    break
+        stream.cancel()
+        assert [(e.type, e.kv.lease) for e in events] == [
+            (EventType.PUT, lease.id),
+            (EventType.DELETE, 0),
+        ], events
+        wait_until(lambda: lease.holders == 1, 5, "the share to be given back")
+        assert direct.get("/eph") is None and direct.get("/keep") is not None
+        assert keeper.delete()

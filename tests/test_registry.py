@@ -24,7 +24,7 @@ from geventc import (
 )
 from geventc.errors import InvalidArgument, NoInstances, RecipeStateError, RetriesExhausted
 from geventc.instances import decode, encode
-from geventc.testing import ROOT_PASSWORD, EtcdServer
+from geventc.testing import ROOT_PASSWORD, EtcdServer, FaultProxy
 from geventc.testing.plugin import EtcdTestContext
 
 
@@ -403,3 +403,42 @@ def test_registry_and_resolver_are_recipes_made_by_the_connector(conn: geventc.C
     with pytest.raises(RecipeStateError):
         resolver.resolve("fact")
     assert conn.get_prefix("kitex/registry-etcd/fact/").kvs == ()
+
+
+def test_close_while_a_registration_returns_on_a_new_lease_is_truthful(
+    private_server: EtcdServer,
+) -> None:
+    """close() while a lost registration is being written again on the lease that
+    replaced its own (etcd applied the write, its answer is still on the way): the key is
+    deleted, and close() is confirmed only once etcd said so; it never says an instance
+    is deregistered while its key stays on the lease another holder keeps alive."""
+    key = "kitex/registry-etcd/svc/127.0.0.1:1"
+    with (
+        FaultProxy(private_server.endpoint) as proxy,
+        geventc.connect([proxy.endpoint], timeout=5, stop_timeout=0.5) as conn,
+        geventc.connect(private_server.endpoints) as direct,
+    ):
+        keeper = conn.ephemeral_key("/keeper")
+        keeper.create("v", ttl=10)  # keeps the shared lease alive throughout
+        registry = Registry(conn, ttl=10)
+        registry.register(Instance("svc", "127.0.0.1:1"))
+        (lease,) = conn.lease_keeper.leases()
+        old = lease.id
+        proxy.delay(0.3)  # the loss, the new lease and the new write take their time
+        direct.revoke(old)
+
+        def on_a_new_lease() -> bool:
+            kv = direct.get(key)
+            return kv is not None and kv.lease != old
+
+        wait_until(on_a_new_lease, 10, "the registration written on a new lease")
+        proxy.cut("to_client")  # etcd applied the write; its answer is held
+        closed = registry.close()
+        now = direct.get(key)
+        assert not closed or now is None, f"{closed} while the key is on {now}"
+        assert not closed and "not confirmed deregistered" in closed.detail
+        proxy.heal()
+        wait_until(lambda: direct.get(key) is None, 10, "the key to go")
+        time.sleep(0.5)  # whatever was under way has arrived by now
+        assert direct.get(key) is None and direct.get("/keeper") is not None
+        assert keeper.delete()

@@ -18,14 +18,18 @@ share of the lease, and nothing re-creates it later.
 
 ``delete()`` removes the key and releases its share of the lease without touching the
 other keys on it (if etcd does not answer then, the deletion goes on in the background
-until it is done or the shared lease ends).
+until it is done or the shared lease ends). That includes a key whose re-creation the
+stop cut short: a write of the key under way is left to finish (its answer says whether
+etcd applied it), the deletion is sent only after it, and a key that may sit on the live
+lease is deleted whether or not this process knew it held it.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
 
@@ -44,12 +48,14 @@ from ..retry import RetryPolicy
 from ..staleness import Staleness
 from ..txn import Compare, Op
 from ..watch import PrefixUpdate
-from ..wire import RangeResult
+from ..wire import PutResult, RangeResult, TxnResult
 from .base import Recipe, RecipeError, Release, unconfirmed
-from .leftover import let_go
+from .leftover import delete_guarded, let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
+
+W = TypeVar("W", PutResult, TxnResult)
 
 #: The retry policy of keys made with ``retry=None``: retry forever, backoff up to 5 s.
 RETRY_FOREVER = RetryPolicy(max_attempts=0, retry_delay=5.0)
@@ -95,6 +101,8 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         "_reclaiming",
         "_stale",
         "_value",
+        "_writing",
+        "_written_on",
         "key",
         "overwrite",
         "retry",
@@ -121,6 +129,11 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         self._reclaiming = False
         self._leftover: float | None = None  # after a failed delete: when it expires
         self._stale = False  # the watch that tells the key's deletion is stale
+        #: the lease id of the last write of the key that etcd may have applied (sent,
+        #: or found ours): the key may sit on it even when no answer said so
+        self._written_on = 0
+        #: the write of a claim under way (left running by a stop that kills the claim)
+        self._writing: gevent.Greenlet[Any, Any] | None = None
 
     def __repr__(self) -> str:
         return f"EphemeralKey({self.key!r})"
@@ -201,11 +214,13 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         lease = self._lease
         assert lease is not None
         if self.overwrite:
-            put = self._conn.put(self.key, self._value, lease=lease.id)
+            put = self._write(lease.id, self._conn.put, self.key, self._value, lease=lease.id)
             self._claimed_at, self._held = put.header.revision, True
             return True
         for _ in range(CLAIM_ROUNDS):
-            result = self._conn.txn(
+            result = self._write(
+                lease.id,
+                self._conn.txn,
                 [Compare.create_revision(self.key) == 0],
                 [Op.put(self.key, self._value, lease=lease.id)],
                 [Op.get(self.key)],
@@ -221,11 +236,13 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
             if current.lease == lease.id:
                 self._held = True
                 return True
-            if not lease.was_held(current.lease):
-                self._held = False
+            if not lease.was_held(current.lease):  # someone else's: nothing of ours
+                self._held, self._written_on = False, 0
                 return False
             # our own key, left on a lease we lost: move it over unless it changed since
-            moved = self._conn.txn(
+            moved = self._write(
+                lease.id,
+                self._conn.txn,
                 [Compare.mod_revision(self.key) == current.mod_revision],
                 [Op.put(self.key, self._value, lease=lease.id)],
             )
@@ -234,6 +251,19 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
                 self._held = True
                 return True
         raise EtcdError(f"key {self.key.decode()!r} kept changing while it was claimed")
+
+    def _write(self, lease_id: int, send: Callable[..., W], *args: Any, **kwargs: Any) -> W:
+        """``send(*args, **kwargs)``, a write of the key on ``lease_id``, in a greenlet of
+        the connector, and its answer (or its error). A stop that kills the claim waiting
+        here leaves the write to finish, so that its deletion comes after the write."""
+        self._written_on = lease_id  # from the moment it is sent, the key may be there
+        writing = self._conn.group.spawn(_outcome, send, *args, **kwargs)
+        self._writing = writing
+        outcome = writing.get()  # killed here (by a stop): the write goes on
+        self._writing = None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
 
     def _reclaim(self, why: str) -> None:
         """Re-create the lost key on the live lease, retrying under the policy."""
@@ -321,15 +351,19 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         lease, self._lease = self._lease, None
         if lease is None:
             return None
-        mine = self._held and not self._conn.closing  # closing revokes the lease
-        self._held = False
-        guard = Compare.lease(self.key) == lease.id
+        mine = self._may_be_on(lease) and not self._conn.closing  # closing revokes it
+        writing, self._writing = self._writing, None
+        self._held, self._written_on = False, 0
+        doomed = {self.key: Compare.lease(self.key) == lease.id} if mine else {}
         try:
+            if writing is not None and mine:
+                writing.join()  # a write under way first (its deletion must follow it)
             if mine:
-                self._conn.txn([guard], [Op.delete(self.key)])
+                delete_guarded(self._conn, doomed)
         except BaseException:  # no answer, or out of time: let go without waiting
+            after = [writing] if writing is not None and mine else []
             self._leftover = let_go(
-                self._conn, lease, self._on_lease, {self.key: guard}, owner=self
+                self._conn, lease, self._on_lease, doomed, after=after, owner=self
             )
             raise
         revoked = self._conn.lease_keeper.release(lease, self._on_lease, timeout=self._remaining())
@@ -338,8 +372,25 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
             return unconfirmed(self._held_text(), self._leftover, "its lease was not revoked")
         return None
 
+    def _may_be_on(self, lease: KeptLease) -> bool:
+        """True when the key may sit on ``lease`` as it is now: held, or written on it
+        by a claim whose answer never came (the stop killed it), while the lease lives
+        (a lost lease takes the key with it, as when the key was lost with it)."""
+        written = self._written_on
+        alive = lease.state not in (LeaseState.LOST, LeaseState.CLOSED)
+        return self._held or (written != 0 and written == lease.id and alive)
+
     def _held_text(self) -> str:
         return f"delete {self.key.decode('utf-8', 'replace')}"
 
     def _expires_in(self) -> float | None:
         return self._leftover
+
+
+def _outcome(send: Callable[..., W], *args: Any, **kwargs: Any) -> W | EtcdError:
+    """The answer of ``send`` or its error (returned, not raised: the greenlet that
+    waits for it raises it; nobody else needs to hear of it)."""
+    try:
+        return send(*args, **kwargs)
+    except EtcdError as exc:
+        return exc

@@ -15,13 +15,16 @@ never removes a newer key of the same name. The guarantees:
   until then, so nothing of this holder is reused while its keys remain. As the lease's
   last holder, its revocation (which takes the keys with it) goes to the background, and
   :meth:`~geventc.lease.LeaseKeeper.unrevoked` counts the lease until etcd confirms.
+  A write of the keys still under way (``after``: its answer never came in time) is
+  waited for before their deletion is sent, so that the deletion comes after it (a
+  deletion sent first could be overtaken by the write, and the key stay for good).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -87,16 +90,26 @@ def let_go(
     leftovers: Leftovers,
     *,
     then: Callable[[], None] | None = None,
+    after: Iterable[gevent.Greenlet[Any, Any]] = (),
     owner: object = "",
 ) -> float | None:
     """Give back ``listener``'s share of ``lease`` without waiting for etcd, with the
-    ``leftovers`` on it that could not be deleted in time (see the module docstring).
+    ``leftovers`` on it that could not be deleted in time (see the module docstring),
+    once the writes ``after`` (greenlets of writes of them still under way) ended.
     Returns about how many seconds the leftovers stay (None: until a background
     deletion succeeds). ``then`` runs once nothing more is deleted on the holder's
     behalf (to drop a name it reserved for the keys)."""
     if leftovers and lease.holders > 1:
         conn.group.spawn(
-            _delete_then_give_back, conn, lease, lease.id, listener, dict(leftovers), then, owner
+            _delete_then_give_back,
+            conn,
+            lease,
+            lease.id,
+            listener,
+            dict(leftovers),
+            then,
+            [*after],
+            owner,
         )
         return None
     conn.lease_keeper.release_later(lease, listener)
@@ -112,17 +125,19 @@ def _delete_then_give_back(
     listener: LeaseListener,
     leftovers: Leftovers,
     then: Callable[[], None] | None,
+    after: list[gevent.Greenlet[Any, Any]],
     owner: object,
 ) -> None:
-    """While other holders keep ``lease`` alive with ``lease_id`` (the keys' lease),
-    delete ``leftovers``; then give back the share (the last holder's revocation takes
-    whatever is left with it)."""
+    """Once the writes ``after`` ended, and while other holders keep ``lease`` alive
+    with ``lease_id`` (the keys' lease), delete ``leftovers``; then give back the share
+    (the last holder's revocation takes whatever is left with it)."""
 
     def still_needed() -> bool:  # else the keys went (or go) with the lease
         held_by_others = lease.holders > 1
         return held_by_others and lease.id == lease_id and lease.state is not LeaseState.CLOSED
 
     try:
+        gevent.joinall(after)  # each ends with its answer or the request's timeout
         delete_until_confirmed(conn, leftovers, still_needed=still_needed, owner=owner)
         conn.lease_keeper.release_later(lease, listener)
     finally:
