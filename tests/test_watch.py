@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
+from helpers.waiting import wait_until
 
 from geventc import Event, EventType
 from geventc.errors import Compacted, InvalidArgument
@@ -143,8 +144,7 @@ def test_leaving_a_shared_watch_opens_no_new_stream(etcd: EtcdTestContext) -> No
         sent = conn.client.transport.requests
         for _ in range(10):
             watch = conn.hub.subscribe(b"/w/", listener)
-            while not watch.synced:
-                gevent.sleep(0.01)
+            wait_until(lambda w=watch: w.synced, 5, "the watch read the prefix")
             gevent.sleep(0.05)  # its stream is open
             conn.hub.unsubscribe(b"/w/", listener)
         gevent.sleep(0.2)

@@ -269,19 +269,6 @@ class ClaimedItem:
         return True
 
 
-def _timeout(value: object) -> float | None:
-    """A wait in seconds: None (forever) or a finite number of 0 or more."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidArgument(
-            f"timeout must be None or a number of seconds, not {type(value).__name__}"
-        )
-    if not 0 <= float(value) < float("inf"):
-        raise InvalidArgument(f"timeout must be a finite number of 0 or more, got {value!r}")
-    return float(value)
-
-
 def _overlap(one: bytes, other: bytes) -> bool:
     return one.startswith(other) or other.startswith(one)
 
@@ -370,7 +357,7 @@ class _QueueBase(Recipe[ClaimEvent | Staleness]):
         is there now) for one; None when none came in time. The first call starts the
         queue. An etcd error is raised as is (after an ``IndeterminateWrite`` the item
         may have been removed)."""
-        wait = _timeout(timeout)
+        wait = validate.timeout(timeout)
         found = self._next(wait, None)
         assert found is None or isinstance(found, QueueItem)
         return found
@@ -380,7 +367,7 @@ class _QueueBase(Recipe[ClaimEvent | Staleness]):
         by this consumer on the connector's shared lease of ``ttl`` seconds, until
         :meth:`ClaimedItem.ack` or :meth:`ClaimedItem.release`; waits up to
         ``timeout`` seconds (None: forever) for one; None when none came in time."""
-        wait = _timeout(timeout)
+        wait = validate.timeout(timeout)
         self._ensure_started()
         lease = self._claim_lease()
         found = self._next(wait, lease)
