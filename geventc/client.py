@@ -55,13 +55,15 @@ class Client:
     ``keepalive_time`` seconds and left when it does not answer within
     ``keepalive_timeout`` (see :mod:`geventc.liveness`).
 
-    ``coalesce`` (on by default) sends the ``get``/``get_prefix``/``put``/``delete``
-    calls that many greenlets make at the same moment as one txn of at most
-    ``max_txn_ops`` operations (the server's ``--max-txn-ops``) and hands each caller
-    its own result: fewer, fuller requests under load, one event-loop turn of delay
-    otherwise. Each call keeps its meaning (every read is linearizable, every write
-    its own result or error); serializable reads, prefix deletes and ``txn`` are
-    never coalesced. ``coalesce=False`` sends every call as its own request.
+    ``coalesce`` (on by default) sends the ``get``/``get_prefix``/``put``/``delete``/
+    ``txn`` calls that many greenlets make at the same moment as one txn of at most
+    ``max_txn_ops`` operations (the server's ``--max-txn-ops``; a caller's txn rides in it
+    as a nested txn with its own compares) and hands each caller its own result: fewer,
+    fuller requests under load, one event-loop turn of delay otherwise. Each call keeps
+    its meaning (every read is linearizable, every write and txn its own atomic result or
+    error; see :mod:`geventc.coalesce` for the rules); serializable reads, prefix deletes
+    and txns holding nested txns are never coalesced. ``coalesce=False`` sends every call
+    as its own request.
     """
 
     def __init__(
@@ -237,7 +239,9 @@ class Client:
         Build comparisons with :class:`Compare` and operations with :class:`Op`."""
         body, size = txn_body(compare, success, failure)
         validate.request_size(size, self.max_request_bytes, "the transaction")
-        answer = self.transport.call("/v3/kv/txn", body, write=True)
+        answer = self.coalescer.call_txn(body, size) if self.coalescer is not None else None
+        if answer is None:
+            answer = self.transport.call("/v3/kv/txn", body, write=True)
         return self._wrote(wire.decode("txn", wire.txn_result, answer))
 
     def _wrote(self, result: W) -> W:

@@ -1,19 +1,34 @@
-"""Request coalescing: concurrent single-key reads and writes sent as one txn.
+"""Request coalescing: concurrent single operations and txns sent as shared txns.
 
-When many greenlets call ``get``/``put``/``delete`` at the same moment, the first of
-them opens a batch and yields once to the event loop; every call made before it runs
-again joins that batch. A batch of one is sent as the plain request by its own caller.
-A larger batch becomes one ``/v3/kv/txn`` (no compares, only ``success`` operations)
-sent by a short-lived greenlet, and each caller gets its own operation's result with
-the txn's header.
+When many greenlets call ``get``/``put``/``delete``/``txn`` at the same moment, the
+first of them opens a batch and yields once to the event loop; every call made before
+it runs again joins that batch. A batch of one is sent as the plain request by its own
+caller. A larger batch becomes one ``/v3/kv/txn`` (no compares, only ``success``
+operations; a caller's txn rides in it as a nested txn with its own compares) sent by a
+short-lived greenlet, and each caller gets its own operation's result with the txn's
+header.
+
+Pipelining: up to ``max_inflight`` batches of each kind (reads, writes) are on their way
+at once, so the client builds and decodes batches while etcd applies others. A batch
+closed while that many are in flight waits (and keeps gathering callers, up to its
+limits) until one of them is answered. A batch big enough is split into up to as many
+txns as there are free places, each of at least ``MIN_SPLIT`` operations: callers that
+were answered together would otherwise call again together, and one batch would be in
+flight at a time however many callers there are.
 
 Rules that keep each caller's view unchanged:
 
 * reads and writes never share a batch (a read-only txn is a linearizable read, a
   write txn is one raft entry);
 * at most ``max_ops`` operations (etcd's ``--max-txn-ops``, 128 by default) and at
-  most ``max_bytes`` of keys and values per batch, and no key twice in one batch;
-* only the client's own single operations are coalesced, never a caller's txn;
+  most ``max_bytes`` of keys and values per batch;
+* in a write batch, no key (or key range) that one operation writes is touched by
+  another operation of the same batch — neither written, read nor compared — so the
+  batch is equivalent to its operations applied one after the other, in any order
+  (etcd evaluates every nested compare before it applies any operation, so a txn
+  comparing a key another batched operation writes could not be ordered; such
+  operations go to different batches);
+* a caller's txn that itself holds nested txns is sent on its own;
 * a batch the server refuses as a whole (e.g. one put's lease is gone) is not an
   answer: every caller then sends its own request and gets exactly its own result or
   error. A batch that failed in transit (timeout, lost connection, no leader) gives
@@ -22,7 +37,9 @@ Rules that keep each caller's view unchanged:
 
 from __future__ import annotations
 
+import collections
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import gevent
@@ -31,9 +48,15 @@ from gevent.pool import Group
 
 from . import errors
 from .transport import Transport
-from .wire import JSON, as_list, as_object
+from .wire import JSON, as_list, as_object, unb64
 
 TXN_MAX_OPS = 128  # etcd's default --max-txn-ops
+MAX_INFLIGHT = 2  # batches of each kind on their way at once
+MIN_SPLIT = 32  # the fewest operations a split-off txn carries
+
+#: a key range ``[start, end)`` as etcd reads ``key``/``range_end`` (``end`` b"" means
+#: the key alone, b"\0" every key from ``start`` on)
+Span = tuple[bytes, bytes]
 
 # Errors that describe the trip, not the batch's content: each caller's own request
 # would have met them too, so they are handed to every caller instead of a retry.
@@ -52,13 +75,40 @@ RESPONSE_FIELDS = {
     "request_put": "response_put",
     "request_range": "response_range",
     "request_delete_range": "response_delete_range",
+    "request_txn": "response_txn",
 }
+
+
+def txn_spans(body: JSON) -> list[Span] | None:
+    """Every key range a txn body compares, reads or writes; None when the txn holds a
+    nested txn (it is then sent on its own)."""
+    spans: list[Span] = []
+    for comparison in body.get("compare", ()):
+        spans.append(_span(comparison))
+    for branch in ("success", "failure"):
+        for op in body.get(branch, ()):
+            ((kind, request),) = op.items()
+            if kind == "request_txn":
+                return None
+            spans.append(_span(request))
+    return spans
+
+
+def _span(request: JSON) -> Span:
+    return unb64(request.get("key", "")), unb64(request.get("range_end", ""))
+
+
+def _overlap(a: Span, b: Span) -> bool:
+    """Whether two key ranges share a key."""
+    a_end = a[1] or a[0] + b"\0"
+    b_end = b[1] or b[0] + b"\0"
+    return (a_end == b"\0" or b[0] < a_end) and (b_end == b"\0" or a[0] < b_end)
 
 
 class _Slot:
     """One caller's operation in a batch and, once sent, its outcome."""
 
-    __slots__ = ("answer", "done", "error", "op", "retry_alone")
+    __slots__ = ("answer", "done", "error", "op", "retry_alone", "sent", "withdrawn")
 
     def __init__(self, op: JSON) -> None:
         self.op = op
@@ -66,70 +116,123 @@ class _Slot:
         self.answer: JSON | None = None
         self.error: BaseException | None = None
         self.retry_alone = False
+        self.sent = False  # on its way: its caller can no longer take it back
+        self.withdrawn = False  # its caller was interrupted before it was sent
 
 
 class _Batch:
     """Operations gathered during one turn of the event loop."""
 
-    __slots__ = ("keys", "sent", "size", "slots", "write")
+    __slots__ = ("depth", "keys", "ranges", "size", "slots", "write")
 
     def __init__(self, write: bool) -> None:
         self.write = write
         self.slots: list[_Slot] = []
-        self.keys: set[tuple[bytes, bytes]] = set()
+        self.keys: set[bytes] = set()  # single keys touched (write batches)
+        self.ranges: list[Span] = []  # key ranges touched (write batches)
         self.size = 0
-        self.sent = False
+        # the most entries of one nested txn's compare, success or failure list: etcd
+        # counts them against --max-txn-ops together with the batch's own operations
+        self.depth = 0
+
+    def conflicts(self, spans: Iterable[Span]) -> bool:
+        """Whether an operation touching ``spans`` must not join this write batch."""
+        for span in spans:
+            if not span[1]:
+                if span[0] in self.keys or any(_overlap(span, r) for r in self.ranges):
+                    return True
+            elif any(_overlap(span, r) for r in self.ranges) or any(
+                _overlap(span, (k, b"")) for k in self.keys
+            ):
+                return True
+        return False
+
+    def touch(self, spans: Iterable[Span]) -> None:
+        for span in spans:
+            if span[1]:
+                self.ranges.append(span)
+            else:
+                self.keys.add(span[0])
 
 
 class Coalescer:
-    """Sends the single operations of concurrent callers as shared txns.
+    """Sends the single operations and txns of concurrent callers as shared txns.
 
     ``max_ops`` caps the operations per txn (keep it ≤ the server's
     ``--max-txn-ops``); ``max_bytes`` caps the keys and values per txn (keep it under
-    the server's ``--max-request-bytes``). ``batches`` and ``coalesced`` count the
-    txns sent and the operations they carried.
+    the server's ``--max-request-bytes``); ``max_inflight`` caps the batches of each
+    kind on their way at once. ``batches`` and ``coalesced`` count the txns sent and
+    the operations they carried.
     """
 
     def __init__(
-        self, transport: Transport, *, max_ops: int, max_bytes: int, group: Group | None = None
+        self,
+        transport: Transport,
+        *,
+        max_ops: int,
+        max_bytes: int,
+        max_inflight: int | None = None,
+        group: Group | None = None,
     ) -> None:
         self.transport = transport
         self._group = group if group is not None else Group()
         self.max_ops = max_ops
         self.max_bytes = max_bytes
+        self.max_inflight = MAX_INFLIGHT if max_inflight is None else max_inflight
         self._open: dict[bool, _Batch | None] = {False: None, True: None}
+        self._inflight = {False: 0, True: 0}
+        self._waiting: dict[bool, collections.deque[_Batch]] = {
+            False: collections.deque(),
+            True: collections.deque(),
+        }
         self.batches = 0
         self.coalesced = 0
 
-    def call(
-        self, field: str, op: JSON, key: tuple[bytes, bytes], size: int, *, write: bool
-    ) -> JSON | None:
+    def call(self, field: str, op: JSON, key: Span, size: int, *, write: bool) -> JSON | None:
         """Run ``op`` (the body of a txn ``field`` such as ``request_put``) in a batch.
 
         Returns the operation's response object (with the txn's header), or None when
         the caller must send its own request: it was alone, or the batch was refused.
         Raises the error the batch met in transit.
         """
+        return self._join({field: op}, (key,), size, write, 0)
+
+    def call_txn(self, body: JSON, size: int) -> JSON | None:
+        """Run the txn ``body`` as a nested txn of a write batch.
+
+        Returns its ``response_txn`` object (with the batch's header), or None when the
+        caller must send it on its own (alone, refused, or it holds nested txns)."""
+        spans = txn_spans(body)
+        depth = max(len(body.get(part, ())) for part in ("compare", "success", "failure"))
+        if spans is None or depth + 1 >= self.max_ops:
+            return None
+        return self._join({"request_txn": body}, spans, size, True, depth)
+
+    def _join(
+        self, op: JSON, spans: Iterable[Span], size: int, write: bool, depth: int
+    ) -> JSON | None:
         batch = self._open[write]
-        leader = batch is None or not self._fits(batch, key, size)
+        leader = batch is None or not self._fits(batch, spans, size, depth)
         if leader:
             batch = self._open[write] = _Batch(write)
         assert batch is not None
-        slot = _Slot({field: op})
+        slot = _Slot(op)
         batch.slots.append(slot)
-        batch.keys.add(key)
+        if write:
+            batch.touch(spans)
         batch.size += size
-        if len(batch.slots) >= self.max_ops and self._open[write] is batch:
+        batch.depth = max(batch.depth, depth)
+        if len(batch.slots) + batch.depth >= self.max_ops and self._open[write] is batch:
             self._open[write] = None
         if leader:
             return self._lead(batch, slot)
         return self._follow(batch, slot)
 
-    def _fits(self, batch: _Batch, key: tuple[bytes, bytes], size: int) -> bool:
+    def _fits(self, batch: _Batch, spans: Iterable[Span], size: int, depth: int) -> bool:
         return (
-            key not in batch.keys
-            and len(batch.slots) < self.max_ops
+            len(batch.slots) + max(batch.depth, depth) < self.max_ops
             and batch.size + size <= self.max_bytes
+            and not (batch.write and batch.conflicts(spans))
         )
 
     def _lead(self, batch: _Batch, slot: _Slot) -> JSON | None:
@@ -143,11 +246,23 @@ class Coalescer:
         return self._follow(batch, slot)
 
     def _dispatch(self, batch: _Batch) -> None:
-        """Close ``batch`` and send it, or tell a lone caller to send its own request."""
-        if self._open[batch.write] is batch:
-            self._open[batch.write] = None
+        """Close ``batch`` and send it, or tell a lone caller to send its own request;
+        a batch that finds ``max_inflight`` batches on their way waits for one."""
+        write = batch.write
+        if len(batch.slots) > 1 and self._inflight[write] >= self.max_inflight:
+            if batch not in self._waiting[write]:
+                self._waiting[write].append(batch)  # still open: it keeps gathering
+            return
+        if self._open[write] is batch:
+            self._open[write] = None
         if len(batch.slots) > 1:
-            self._group.spawn(self._send, batch)
+            slots = batch.slots
+            free = self.max_inflight - self._inflight[write]
+            parts = max(1, min(free, len(slots) // MIN_SPLIT))
+            step = -(-len(slots) // parts)
+            for start in range(0, len(slots), step):
+                self._inflight[write] += 1
+                self._group.spawn(self._send, slots[start : start + step], write)
         elif batch.slots:
             batch.slots[0].retry_alone = True
             batch.slots[0].done.set()
@@ -156,8 +271,14 @@ class Coalescer:
         try:
             slot.done.wait()
         except BaseException:
-            if not batch.sent and slot in batch.slots:
-                batch.slots.remove(slot)  # interrupted before sending: never applied
+            if not slot.sent:  # interrupted before sending: never applied
+                slot.withdrawn = True
+                if slot in batch.slots:
+                    batch.slots.remove(slot)
+                if not batch.slots and batch in self._waiting[batch.write]:
+                    self._waiting[batch.write].remove(batch)
+                    if self._open[batch.write] is batch:
+                        self._open[batch.write] = None
             raise
         if slot.error is not None:
             raise copy.copy(slot.error)
@@ -165,16 +286,17 @@ class Coalescer:
             return None
         return slot.answer
 
-    def _send(self, batch: _Batch) -> None:
-        slots = list(batch.slots)
-        batch.sent = True
-        if not slots:
-            return
-        self.batches += 1
-        self.coalesced += len(slots)
+    def _send(self, chosen: list[_Slot], write: bool) -> None:
+        slots = [slot for slot in chosen if not slot.withdrawn]
+        for slot in slots:
+            slot.sent = True
         try:
+            if not slots:
+                return
+            self.batches += 1
+            self.coalesced += len(slots)
             answer = self.transport.call(
-                "/v3/kv/txn", {"success": [slot.op for slot in slots]}, write=batch.write
+                "/v3/kv/txn", {"success": [slot.op for slot in slots]}, write=write
             )
             self._hand_out(slots, answer)
         except SHARED_ERRORS as exc:
@@ -186,7 +308,7 @@ class Coalescer:
         except BaseException:
             failure = (
                 errors.IndeterminateWrite("the write's batch was interrupted after it was sent")
-                if batch.write
+                if write
                 else None
             )
             for slot in slots:
@@ -196,6 +318,10 @@ class Coalescer:
         finally:
             for slot in slots:
                 slot.done.set()
+            self._inflight[write] -= 1
+            waiting = self._waiting[write]
+            while waiting and self._inflight[write] < self.max_inflight:
+                self._dispatch(waiting.popleft())
 
     @staticmethod
     def _hand_out(slots: list[_Slot], answer: JSON) -> None:

@@ -46,10 +46,14 @@ def claim(host: RecipeHost, prefix: bytes, lease_id: int, value: str | bytes) ->
     """Create (or find) this lease's key under ``prefix`` with ``value``; raises
     :class:`~geventc.errors.LeaseNotFound` when the lease is gone."""
     key = key_for(prefix, lease_id)
+    # the count of the prefix is not used: reading the prefix in the same txn keeps a
+    # coalescing client from applying two claims of one election at one revision (their
+    # order by create revision is who leads)
+    contenders = Op.get(prefix, prefix=True, count_only=True)
     result = host.txn(
         [Compare.create_revision(key) == 0],
-        [Op.put(key, value, lease=lease_id)],
-        [Op.get(key)],
+        [Op.put(key, value, lease=lease_id), contenders],
+        [Op.get(key), contenders],
     )
     if result.succeeded:
         return Claim(key, result.header.revision)

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 
-from geventc import Client
+from geventc import Client, Compare, Op
 from geventc.errors import ConnectionFailed, InvalidArgument, LeaseNotFound, Timeout
 from geventc.testing import free_port
 from geventc.testing.plugin import EtcdTestContext
@@ -182,3 +183,152 @@ def test_small_max_txn_ops_is_respected(etcd: EtcdTestContext) -> None:
 def test_bad_coalescing_options_are_refused(etcd: EtcdTestContext, bad: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):
         Client(etcd.endpoints, **bad)  # type: ignore[arg-type]
+
+
+# --- callers' txns, nested in a batch -----------------------------------------------------
+
+
+def _create(client: Client, key: str, value: str) -> Any:
+    return client.txn([Compare.create_revision(key) == 0], [Op.put(key, value)], [Op.get(key)])
+
+
+def test_concurrent_txns_are_coalesced_and_each_gets_its_own_outcome(
+    etcd: EtcdTestContext,
+) -> None:
+    client = etcd.client()
+    for i in range(0, 60, 3):  # every third key exists already
+        client.put(etcd.key(f"c{i}"), "old")
+    before = client.transport.requests
+    results = _together(60, lambda i: _create(client, etcd.key(f"c{i}"), f"new{i}"))
+    assert client.transport.requests - before <= 3, "the txns were not coalesced"
+    for i, result in enumerate(results):
+        assert result.succeeded == (i % 3 != 0)
+        if i % 3 == 0:  # its own failure branch: the key's current value
+            (read,) = result.responses
+            assert [kv.value for kv in read.kvs] == [b"old"]
+        kv = client.get(etcd.key(f"c{i}"))
+        assert kv is not None and kv.value == (b"old" if i % 3 == 0 else f"new{i}".encode())
+
+
+def test_127_creates_fit_one_batch_with_their_nested_operations(etcd: EtcdTestContext) -> None:
+    # etcd counts the entries of a nested txn against --max-txn-ops together with the
+    # outer ones: 128 nested creates would be refused as a whole, and every caller would
+    # then send its own txn
+    client = etcd.client()
+    coalescer = client.coalescer
+    assert coalescer is not None
+    before, batches = client.transport.requests, coalescer.batches
+    results = _together(254, lambda i: _create(client, etcd.key(f"n{i}"), "x"))
+    assert all(r.succeeded for r in results)
+    assert client.transport.requests - before <= 3
+    assert coalescer.batches - batches == client.transport.requests - before
+
+
+def test_a_txn_never_shares_a_batch_with_a_write_of_a_key_it_compares(
+    etcd: EtcdTestContext,
+) -> None:
+    # write skew: each txn writes the key the other compares. Applied one after the
+    # other, at most one can succeed; in one batch (every compare evaluated before any
+    # write) both would
+    client = etcd.client()
+    for round_ in range(20):
+        x, y = etcd.key(f"x{round_}"), etcd.key(f"y{round_}")
+        results = _together(
+            2,
+            lambda i, x=x, y=y: client.txn(
+                [Compare.version(y if i == 0 else x) == 0], [Op.put(x if i == 0 else y, "1")]
+            ),
+        )
+        assert [r.succeeded for r in results].count(True) == 1
+
+
+def test_a_txn_with_a_nested_txn_is_sent_alone(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    coalescer = client.coalescer
+    assert coalescer is not None
+    results = _together(
+        10,
+        lambda i: client.txn([], [Op.txn([], [Op.put(etcd.key(f"deep{i}"), "x")])]),
+    )
+    assert all(r.succeeded for r in results)
+    assert coalescer.batches == 0
+    assert client.get_prefix(etcd.key("deep"), count_only=True).count == 10
+
+
+def test_reads_of_one_key_share_a_batch(etcd: EtcdTestContext) -> None:
+    client = etcd.client()
+    client.put(etcd.key("hot"), "v")
+    before = client.transport.requests
+    values = _together(50, lambda i: client.get(etcd.key("hot")))
+    assert all(kv is not None and kv.value == b"v" for kv in values)
+    assert client.transport.requests - before <= 2
+
+
+# --- pipelining ---------------------------------------------------------------------------
+
+
+def _in_flight(client: Client) -> list[int]:
+    """Wrap the client's transport to record how many txns were on their way at once."""
+    seen = [0, 0]  # now, most
+    call = client.transport.call
+
+    def counting(path: str, body: Any, **options: Any) -> Any:
+        if path == "/v3/kv/txn":
+            seen[0] += 1
+            seen[1] = max(seen)
+        try:
+            return call(path, body, **options)
+        finally:
+            if path == "/v3/kv/txn":
+                seen[0] -= 1
+
+    client.transport.call = counting  # type: ignore[method-assign]
+    return seen
+
+
+def test_more_than_one_batch_is_in_flight_but_no_more_than_the_bound(
+    etcd: EtcdTestContext,
+) -> None:
+    client = etcd.client()
+    coalescer = client.coalescer
+    assert coalescer is not None
+    seen = _in_flight(client)
+
+    def work(i: int) -> int:
+        for j in range(10):
+            client.put(etcd.key(f"pipe/{i}/{j % 3}"), str(j))
+        return i
+
+    _together(64, work)
+    assert 2 <= seen[1] <= coalescer.max_inflight
+    listed = client.get_prefix(etcd.key("pipe/"))
+    assert listed.count == 64 * 3
+    assert all(kv.value == b"9" for kv in listed.kvs if kv.key_str.endswith("/0"))
+
+
+def test_a_caller_interrupted_while_its_batch_waits_is_never_applied(
+    etcd: EtcdTestContext,
+) -> None:
+    client = etcd.client()
+    coalescer = client.coalescer
+    assert coalescer is not None
+    gate = gevent.event.Event()
+    call = client.transport.call
+
+    def held(path: str, body: Any, **options: Any) -> Any:
+        if path == "/v3/kv/txn":
+            gate.wait()  # every batch in flight stays in flight
+        return call(path, body, **options)
+
+    client.transport.call = held  # type: ignore[method-assign]
+    first = [gevent.spawn(client.put, etcd.key(f"w{i}"), "x") for i in range(2 * 64)]
+    gevent.sleep(0.05)  # two batches in flight: the next batch waits for one of them
+    waiting = [gevent.spawn(client.put, etcd.key(f"late{i}"), "x") for i in range(10)]
+    gevent.sleep(0.05)
+    for greenlet in waiting[:5]:
+        greenlet.kill(Timeout("given up"), block=True)
+    gate.set()
+    gevent.joinall([*first, *waiting[5:]], raise_error=True, timeout=30)
+    keys = {kv.key_str for kv in client.get_prefix(etcd.key("late")).kvs}
+    assert keys == {etcd.key(f"late{i}") for i in range(5, 10)}
+    assert client.get_prefix(etcd.key("w"), count_only=True).count == 128

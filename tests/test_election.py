@@ -70,6 +70,22 @@ def test_follower_takes_over_at_once_on_resign(conn: geventc.Connector) -> None:
     second.stop()
 
 
+def test_candidates_started_together_in_one_process_get_distinct_revisions(
+    conn: geventc.Connector,
+) -> None:
+    # their claims are sent at the same moment: a coalescing client must still give each
+    # its own revision (one shared revision would make both the first)
+    electors = [conn.leader_elector("/together", f"c{i}", ttl=5) for i in range(6)]
+    for elector in electors:
+        elector.start()
+    statuses = [next_status(elector).status for elector in electors]
+    assert statuses.count(ElectionStatus.LEADER) == 1
+    kvs = conn.get_prefix("/together/").kvs
+    assert len({kv.create_revision for kv in kvs}) == 6
+    for elector in electors:
+        elector.stop()
+
+
 def test_three_candidates_queue_in_order(conn: geventc.Connector) -> None:
     electors = [conn.leader_elector("/q", f"c{i}") for i in range(3)]
     for elector in electors:

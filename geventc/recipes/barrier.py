@@ -396,7 +396,15 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
     def _put_unique_key(self, lease_id: int) -> None:
         while True:
             key = self._waiters + b"/" + str(time.time_ns()).encode()
-            result = self._conn.txn([Compare.version(key) == 0], [Op.put(key, b"", lease=lease_id)])
+            # reading the waiters in the same txn keeps a coalescing client from giving
+            # two participants one revision: Go's Leave orders them by it
+            result = self._conn.txn(
+                [Compare.version(key) == 0],
+                [
+                    Op.put(key, b"", lease=lease_id),
+                    Op.get(self._waiters, prefix=True, count_only=True),
+                ],
+            )
             if result.succeeded:
                 break
         self._key, self._key_revision, self._key_lease = key, result.header.revision, lease_id
