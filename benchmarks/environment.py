@@ -73,6 +73,28 @@ def versions() -> dict[str, str]:
     return found
 
 
+def go_versions() -> str:
+    """The Go toolchain and the etcd client module the Go columns are built with (from
+    ``go env GOVERSION`` and ``benchmarks/go/go.mod``)."""
+    import re
+    import subprocess
+
+    try:
+        done = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True)
+        toolchain = done.stdout.strip() or "go: ?"
+    except OSError:
+        toolchain = "go not on PATH"
+    module = "?"
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        with open(os.path.join(here, "go", "go.mod"), encoding="utf-8") as mod:
+            found = re.search(r"go\.etcd\.io/etcd/client/v3 (v\S+)", mod.read())
+            module = found.group(1) if found else "?"
+    except OSError:
+        pass
+    return f"{toolchain}, go.etcd.io/etcd/client/v3 {module}"
+
+
 def describe(server: Any, sizes: dict[str, Any], quick: bool) -> dict[str, Any]:
     """Machine, software and etcd facts for the report."""
     import json
@@ -92,6 +114,7 @@ def describe(server: Any, sizes: dict[str, Any], quick: bool) -> dict[str, Any]:
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "versions": versions(),
+        "go": go_versions(),
         "etcd": answer.get("etcdserver", "?"),
         "etcd_binary": server.binary,
         "etcd_data": f"{data_dir} ({filesystem(data_dir)}), fsync on, one member",

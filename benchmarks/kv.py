@@ -7,6 +7,11 @@ processes, OS threads for python-etcd3. Values are 256 bytes; every key is disti
 Each run also records this process's CPU time per operation (etcd runs on the same 2
 cores, so a client's CPU per request bounds its throughput).
 
+The Go anchor (``go``: etcd's ``client/v3``; ``go-http``: ``net/http`` over the gateway)
+runs these same two workloads in ``benchmarks/go/kvbench/main.go``, which mirrors this
+module line by line (keys, values, :data:`WARMUP_OPS`, order, figures); change both
+together.
+
 Run through the suite: ``python benchmarks/run.py`` (or by hand, from the repository root,
 ``python -m benchmarks.worker geventc kv-seq '{"endpoint": "http://127.0.0.1:2379",
 "prefix": "/bench/x/", "ops": 200}'``). :data:`SECTIONS` is their part of the report.
@@ -21,7 +26,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.common import VALUE, CpuWindow, for_each, latency_ms
 from benchmarks.peers import KV, GeventcKV, make_kv
-from benchmarks.report import figure, fmt, joined, per_impl, times, versus
+from benchmarks.report import figure, fmt, joined, per_impl, times, versus, worst
 
 WARMUP_OPS = 50
 
@@ -161,6 +166,89 @@ def uncoalesced_target(op: str) -> report.Target:
     return report.Target("S3", text, lambda f: min(ratios(f).values()), measured, at_least=1)
 
 
+GO, GO_HTTP = "go", "go-http"
+
+
+def go_coalescing_target(callers: str) -> report.Target:
+    """S3 (issue 14, target 1): with coalescing, at least Go clientv3's throughput."""
+
+    def ratios(f: report.Figures) -> dict[str, float]:
+        return {op: f.ratio("geventc", GO, f"{callers}.{op}.ops_per_s") for op in OPS}
+
+    def measured(f: report.Figures, _worst: float) -> str:
+        return "; ".join(
+            f"{op} {fmt(f.med('geventc', f'{callers}.{op}.ops_per_s'), 0)} vs "
+            f"{fmt(f.med(GO, f'{callers}.{op}.ops_per_s'), 0)} ops/s: {times(r)}"
+            for op, r in ratios(f).items()
+        )
+
+    text = f"{callers} callers put/get, coalescing: ≥ 1.0 x Go clientv3 ops/s"
+    return report.Target(
+        "S3", text, lambda f: worst(ratios(f).values(), min), measured, at_least=1.0
+    )
+
+
+def go_latency_target() -> report.Target:
+    """S1/S2 (issue 14, target 2): sequential p50 within 1.25 x Go net/http's."""
+
+    def ratios(f: report.Figures) -> dict[str, float]:
+        return {op: f.ratio("geventc", GO_HTTP, f"{op}.p50_ms") for op in OPS}
+
+    def measured(f: report.Figures, _worst: float) -> str:
+        return "; ".join(
+            f"{op} {fmt(f.med('geventc', f'{op}.p50_ms'), 3)} vs "
+            f"{fmt(f.med(GO_HTTP, f'{op}.p50_ms'), 3)} ms: {times(r)}"
+            for op, r in ratios(f).items()
+        )
+
+    text = "sequential put/get p50 ≤ 1.25 x Go net/http's (same gateway)"
+    return report.Target(
+        "S1/S2", text, lambda f: worst(ratios(f).values(), max), measured, at_most=1.25
+    )
+
+
+def cpu_target() -> report.Target:
+    """S1/S2 (issue 14, target 2): at most 250 µs of client CPU per sequential op."""
+
+    def most(f: report.Figures) -> float:
+        return worst((f.med("geventc", f"{op}.cpu_us_per_op") for op in OPS), max)
+
+    def measured(f: report.Figures, _worst: float) -> str:
+        def pair(impl: str) -> str:
+            return " / ".join(fmt(f.med(impl, f"{op}.cpu_us_per_op"), 0) for op in OPS)
+
+        return (
+            f"{pair('geventc')} µs (Go clientv3 {pair(GO)}, Go net/http {pair(GO_HTTP)}, "
+            f"raw urllib3 {pair('raw')})"
+        )
+
+    text = "client CPU ≤ 250 µs/op sequential (put / get)"
+    return report.Target("S1/S2", text, most, measured, at_most=250)
+
+
+def against_go(path: str) -> report.Cell:
+    """The row's median of ``path`` over Go clientv3's, as ``x1.23``."""
+    return lambda f, impl: times(f.ratio(impl, GO, path))
+
+
+def go_notes(*at: str) -> report.Notes:
+    """A closing line per caller count (or one for the sequential runs): geventc ÷ Go."""
+
+    def notes(f: report.Figures) -> list[str]:
+        if not f.runs.get(GO):
+            return ["Go clientv3 did not run (see Problems): no geventc ÷ Go ratio.", ""]
+        lines = []
+        for where in at:
+            ratios = ", ".join(
+                f"{op} {times(f.ratio('geventc', GO, f'{where}{op}.ops_per_s'))}" for op in OPS
+            )
+            scope = f"{where.rstrip('.')} callers" if where else "sequential"
+            lines.append(f"- **geventc ÷ Go clientv3**, {scope}, ops/s: {ratios}")
+        return [*lines, ""]
+
+    return notes
+
+
 def conc_table(callers: str) -> report.Table:
     """S3's table for one number of callers."""
     at = f"{callers}."
@@ -174,6 +262,7 @@ def conc_table(callers: str) -> report.Table:
             "geventc no coalescing ÷ this",
             put_get(partial(versus, mine="geventc-nc"), "ops_per_s", at),
         ),
+        report.Column("this ÷ Go clientv3 (put / get ops/s)", put_get(against_go, "ops_per_s", at)),
         cpu_per_op(at),
         report.Column(
             "ops per coalesced txn",
@@ -193,6 +282,7 @@ SEQUENTIAL = per_impl(
     cpu_per_op(),
     report.Column("geventc ÷ this: put p50", versus("put.p50_ms")),
     report.Column("get p50", versus("get.p50_ms")),
+    report.Column("this ÷ Go clientv3 (put / get ops/s)", put_get(against_go, "ops_per_s")),
 )
 
 SECTIONS = (
@@ -200,12 +290,23 @@ SECTIONS = (
         "S1/S2",
         "S1/S2 — sequential put and get (one caller)",
         [SEQUENTIAL],
-        [sequential_target("S1", "put"), sequential_target("S2", "get")],
+        [
+            sequential_target("S1", "put"),
+            sequential_target("S2", "get"),
+            go_latency_target(),
+            cpu_target(),
+        ],
+        notes=go_notes(""),
     ),
     report.Section(
         "S3",
         "S3 — concurrent put and get (callers share one client)",
         [conc_table(c) for c in CONC_CALLERS],
-        [*(coalescing_target(op) for op in OPS), *(uncoalesced_target(op) for op in OPS)],
+        [
+            *(coalescing_target(op) for op in OPS),
+            *(uncoalesced_target(op) for op in OPS),
+            *(go_coalescing_target(c) for c in CONC_CALLERS),
+        ],
+        notes=go_notes(*(f"{c}." for c in CONC_CALLERS)),
     ),
 )

@@ -10,7 +10,13 @@
   default keeps 10) so every gateway client has the same pool;
 * ``etcd3``: python-etcd3 over gRPC (pure-Python protobuf, which its generated code
   needs on current protobuf); it is not gevent-friendly, so its process is not
-  monkey-patched and its concurrent callers are OS threads.
+  monkey-patched and its concurrent callers are OS threads;
+* ``go`` and ``go-http`` (S1/S2 and S3 only): the anchor, a Go program
+  (``benchmarks/go/kvbench``, pinned ``go.mod``) that runs ``benchmarks/kv.py``'s
+  workloads with etcd's own ``client/v3`` (gRPC, one client shared by every caller) or
+  with one ``net/http`` client posting the same JSON to the gateway (``POOL_SIZE`` idle
+  connections kept); its callers are goroutines. The worker execs it (:data:`GO_BINARY`,
+  built by ``benchmarks/run.py`` with :data:`GO_BUILD`), so nothing here wraps it.
 
 Not run on its own: ``python benchmarks/run.py`` drives it through ``benchmarks.worker``.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Protocol
@@ -26,15 +33,23 @@ from urllib.parse import urlsplit
 
 from benchmarks.common import JSON_HEADERS, b64, background, range_end
 
-IMPLS = ("geventc", "geventc-nc", "raw", "etcd3gw", "etcd3")
+IMPLS = ("geventc", "geventc-nc", "raw", "etcd3gw", "etcd3", "go", "go-http")
 GREEN = ("geventc", "geventc-nc", "raw", "etcd3gw")  # run in a monkey-patched process
+GO_IMPLS = ("go", "go-http")  # run by the Go program, key-value scenarios only
+GO_SCENARIOS = ("kv-seq", "kv-conc")
 LABELS = {
     "geventc": "geventc",
     "geventc-nc": "geventc (no coalescing)",
     "raw": "raw urllib3",
     "etcd3gw": "etcd3gw",
     "etcd3": "python-etcd3",
+    "go": "Go clientv3",
+    "go-http": "Go net/http (gateway)",
 }
+#: the Go program's module, binary, and the command that builds it (run in GO_DIR)
+GO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "go")
+GO_BINARY = os.path.join(GO_DIR, "bin", "kvbench")
+GO_BUILD = ("go", "build", "-mod=readonly", "-o", "bin/kvbench", "./kvbench")
 DISTRIBUTIONS = {
     "geventc": "geventc",
     "geventc-nc": "geventc",

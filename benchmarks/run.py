@@ -11,9 +11,26 @@ every scenario (S1/S2 sequential put/get, S3 concurrent put/get, S4 ephemeral ke
 trackers, S6 election hand-over, S7 registry → resolver, T1 locks, T2 many locks at
 rest, T3 queue) with every implementation that has what it needs: geventc (coalescing
 on and off) and the peers etcd3gw, raw urllib3 and python-etcd3 (``pip install -e
-'.[bench]'``). Each implementation runs each scenario in its own process (``python -m
-benchmarks.worker``); the order of the implementations alternates between repetitions,
-and the report shows medians over the repetitions and the ratios geventc/peer, with a
+'.[bench]'``), and, for S1/S2 and S3, the Go anchor in two columns:
+
+* ``go`` ("Go clientv3"): etcd's own Go client, ``go.etcd.io/etcd/client/v3`` over gRPC,
+  one client shared by every caller (goroutines), as a Go user would;
+* ``go-http`` ("Go net/http (gateway)"): Go's ``net/http`` posting the same JSON bodies
+  as the Python gateway peers to ``/v3/kv/put`` and ``/v3/kv/range``, one
+  ``http.Client`` keeping as many idle connections as the Python peers' pools
+  (``peers.POOL_SIZE``).
+
+Both are one small Go program, ``benchmarks/go/kvbench`` (pinned ``go.mod``/``go.sum``),
+running exactly ``kv.py``'s workloads (keys, values, warm-up, order) and reporting the
+same figures, its client CPU from its own ``getrusage``. Before the scenarios the runner
+builds it into ``benchmarks/go/bin/`` (``go build -mod=readonly``, a no-op when nothing
+changed); without ``go``, or when the build fails, an existing binary is used, else
+both are skipped with the reason — never fatal.
+
+Each implementation runs each scenario in its own process (``python -m
+benchmarks.worker``, which execs the Go program for ``go``/``go-http``); the order of
+the implementations alternates between repetitions, and the report shows medians over
+the repetitions and the ratios geventc/peer (and every row ÷ Go clientv3), with a
 verdict for each target (each scenario module declares its part of the report, targets
 included: ``SECTIONS`` in ``kv.py``, ``leases.py``, ``watchers.py``, ``recipes.py`` and
 ``toolkit.py``). A peer that cannot be imported is skipped with the reason; a worker
@@ -56,7 +73,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: become the pack
 from benchmarks import kv, leases, recipes, toolkit, watchers
 from benchmarks.common import Gateway
 from benchmarks.environment import Interference, describe
-from benchmarks.peers import IMPLS, LABELS
+from benchmarks.peers import GO_BINARY, GO_BUILD, GO_DIR, GO_IMPLS, IMPLS, LABELS, POOL_SIZE
 from benchmarks.report import render
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -172,10 +189,11 @@ SCENARIOS = (
 def params_for(worker: str, impl: str, sizes: Sizes) -> dict[str, Any]:
     """The worker parameters of a scenario for one implementation."""
     peer = impl not in ("geventc", "geventc-nc")
+    pool = {"pool": POOL_SIZE} if impl == "go-http" else {}  # the Python peers' pool
     if worker == "kv-seq":
-        return {"ops": sizes.kv_ops}
+        return {"ops": sizes.kv_ops, **pool}
     if worker == "kv-conc":
-        return {"ops": sizes.conc_ops, "callers": [64, 256]}
+        return {"ops": sizes.conc_ops, "callers": [64, 256], **pool}
     if worker == "ephemeral":
         return {
             "n": sizes.eph_peer_n if peer else sizes.eph_n,
@@ -268,6 +286,9 @@ def run_suite(
 ) -> Results:
     """Every chosen scenario, every implementation, ``sizes.repeat`` times."""
     results = Results()
+    if any(i in GO_IMPLS for s in chosen for i in s.impls if i in impls):
+        reason = build_go()
+        results.skipped.update({impl: reason for impl in GO_IMPLS if reason})
     gateway = Gateway(endpoint)
     run_id = uuid.uuid4().hex[:8]
     try:
@@ -305,6 +326,27 @@ def run_suite(
         gateway.delete_prefix(f"/bench/{run_id}/")
         gateway.close()
     return results
+
+
+def build_go(timeout: float = 600.0) -> str:
+    """Build the Go program (``benchmarks/go/bin/kvbench``) from its pinned modules; the
+    reason the Go implementations cannot run, or "" when they can. Go's build cache
+    makes this a no-op when nothing changed; without ``go``, or when the build fails, a
+    binary built earlier is used."""
+    print(f"[go   ] {shlex.join(GO_BUILD)} (in benchmarks/go)", file=sys.stderr, flush=True)
+    try:
+        done = subprocess.run(GO_BUILD, cwd=GO_DIR, capture_output=True, text=True, timeout=timeout)
+        problem = "" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-500:]}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if not problem:
+        return ""
+    if os.access(GO_BINARY, os.X_OK):
+        print(f"[go   ] build failed ({problem}); using the existing binary", file=sys.stderr)
+        return ""
+    reason = f"cannot build benchmarks/go/bin/kvbench ({shlex.join(GO_BUILD)}): {problem}"
+    print(f"[go   ] {reason}", file=sys.stderr, flush=True)
+    return " ".join(reason.split())
 
 
 def record(results: Results, key: str, impl: str, answer: dict[str, Any]) -> str:

@@ -2,19 +2,23 @@
 
     python -m benchmarks.worker IMPL SCENARIO 'JSON-PARAMS'    # from the repository root
 
-IMPL is geventc, geventc-nc (coalescing off), raw, etcd3gw or etcd3; SCENARIO one of
-kv-seq, kv-conc, ephemeral, trackers, election, election-holder, registry, lock,
-many-locks, queue. PARAMS carries at least ``endpoint`` and a fresh key ``prefix`` (see
-the scenario modules).
+IMPL is geventc, geventc-nc (coalescing off), raw, etcd3gw, etcd3, go or go-http;
+SCENARIO one of kv-seq, kv-conc, ephemeral, trackers, election, election-holder,
+registry, lock, many-locks, queue (go and go-http: kv-seq and kv-conc only). PARAMS
+carries at least ``endpoint`` and a fresh key ``prefix`` (see the scenario modules).
 The gateway implementations run in a gevent monkey-patched process; python-etcd3 runs
-unpatched with ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python``.
+unpatched with ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python``. For go and go-http
+this process execs the Go program (``benchmarks/go/bin/kvbench IMPL SCENARIO PARAMS``,
+see ``benchmarks/go/kvbench/main.go``), which runs the same workloads as
+``benchmarks/kv.py`` and answers in the same shape; its CPU is its own.
 
 With ``BENCH_PROFILE=/tmp/x.prof`` in the environment the scenario runs under cProfile
 and the statistics are written there (``python -m pstats /tmp/x.prof``).
 
 The last line printed is ``{"result": ...}``, ``{"skip": reason}`` when the peer cannot
-be imported, or ``{"error": ...}``. ``benchmarks/run.py`` starts one worker per
-implementation, scenario and repetition, so patching, threads, CPU and RSS never mix.
+be imported (or the Go program is not built), or ``{"error": ...}``.
+``benchmarks/run.py`` starts one worker per implementation, scenario and repetition, so
+patching, threads, CPU and RSS never mix.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import traceback
 from typing import Any
 
 GREEN = ("geventc", "geventc-nc", "raw", "etcd3gw")
+GO_IMPLS = ("go", "go-http")  # benchmarks.peers.GO_IMPLS, without importing it first
 LIBRARIES = {"geventc-nc": "geventc", "raw": "urllib3"}
 MODULES = {
     "kv-seq": "benchmarks.kv",
@@ -59,8 +64,23 @@ def prepare(impl: str) -> str | None:
     return None
 
 
+def exec_go(impl: str, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Become the Go program for ``impl``; the answer to print when that cannot be."""
+    from benchmarks.peers import GO_BINARY, GO_SCENARIOS
+
+    if scenario not in GO_SCENARIOS:
+        return {"error": f"{impl} runs only {', '.join(GO_SCENARIOS)}, not {scenario}"}
+    if not os.access(GO_BINARY, os.X_OK):
+        return {"skip": f"{GO_BINARY} is not built (python benchmarks/run.py builds it)"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(GO_BINARY, [GO_BINARY, impl, scenario, json.dumps(params)])
+
+
 def run(impl: str, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
     """The JSON object this worker prints."""
+    if impl in GO_IMPLS:
+        return exec_go(impl, scenario, params)
     reason = prepare(impl)
     if reason:
         return {"skip": reason}
