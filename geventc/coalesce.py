@@ -37,6 +37,7 @@ Rules that keep each caller's view unchanged:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import copy
 from collections.abc import Iterable
@@ -98,11 +99,46 @@ def _span(request: JSON) -> Span:
     return unb64(request.get("key", "")), unb64(request.get("range_end", ""))
 
 
-def _overlap(a: Span, b: Span) -> bool:
-    """Whether two key ranges share a key."""
-    a_end = a[1] or a[0] + b"\0"
-    b_end = b[1] or b[0] + b"\0"
-    return (a_end == b"\0" or b[0] < a_end) and (b_end == b"\0" or a[0] < b_end)
+class _Footprint:
+    """The keys a write batch touches, as a union of disjoint key ranges: whether a new
+    range overlaps it costs O(log n), however many operations the batch holds.
+
+    Ends are ``(0, key)`` for a bounded range and ``(1, b"")`` for "every key from the
+    start on" (etcd's ``range_end`` ``\\0``), so that they compare as etcd orders keys."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self) -> None:
+        self.starts: list[bytes] = []
+        self.ends: list[tuple[int, bytes]] = []
+
+    @staticmethod
+    def _end(span: Span) -> tuple[int, bytes]:
+        if not span[1]:
+            return (0, span[0] + b"\0")
+        return (1, b"") if span[1] == b"\0" else (0, span[1])
+
+    def overlaps(self, span: Span) -> bool:
+        """Whether ``span`` shares a key with what the batch touches."""
+        start, end = span[0], self._end(span)
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i >= 0 and self.ends[i] > (0, start):
+            return True
+        return i + 1 < len(self.starts) and (0, self.starts[i + 1]) < end
+
+    def add(self, span: Span) -> None:
+        """Add ``span``, merging it with the ranges it overlaps or touches."""
+        start, end = span[0], self._end(span)
+        lo = bisect.bisect_left(self.starts, start)
+        if lo > 0 and self.ends[lo - 1] >= (0, start):
+            lo -= 1
+            start = self.starts[lo]
+        hi = lo
+        while hi < len(self.starts) and (0, self.starts[hi]) <= end:
+            end = max(end, self.ends[hi])
+            hi += 1
+        self.starts[lo:hi] = [start]
+        self.ends[lo:hi] = [end]
 
 
 class _Slot:
@@ -123,13 +159,12 @@ class _Slot:
 class _Batch:
     """Operations gathered during one turn of the event loop."""
 
-    __slots__ = ("depth", "keys", "ranges", "size", "slots", "write")
+    __slots__ = ("depth", "footprint", "size", "slots", "write")
 
     def __init__(self, write: bool) -> None:
         self.write = write
         self.slots: list[_Slot] = []
-        self.keys: set[bytes] = set()  # single keys touched (write batches)
-        self.ranges: list[Span] = []  # key ranges touched (write batches)
+        self.footprint = _Footprint()  # the keys touched (write batches only)
         self.size = 0
         # the most entries of one nested txn's compare, success or failure list: etcd
         # counts them against --max-txn-ops together with the batch's own operations
@@ -137,22 +172,11 @@ class _Batch:
 
     def conflicts(self, spans: Iterable[Span]) -> bool:
         """Whether an operation touching ``spans`` must not join this write batch."""
-        for span in spans:
-            if not span[1]:
-                if span[0] in self.keys or any(_overlap(span, r) for r in self.ranges):
-                    return True
-            elif any(_overlap(span, r) for r in self.ranges) or any(
-                _overlap(span, (k, b"")) for k in self.keys
-            ):
-                return True
-        return False
+        return any(self.footprint.overlaps(span) for span in spans)
 
     def touch(self, spans: Iterable[Span]) -> None:
         for span in spans:
-            if span[1]:
-                self.ranges.append(span)
-            else:
-                self.keys.add(span[0])
+            self.footprint.add(span)
 
 
 class Coalescer:

@@ -131,11 +131,18 @@ class RecipeHost(Protocol):
         ...
 
 
+_HOST_TYPES: dict[type, bool] = {}  # which types passed the RecipeHost check
+
+
 def require_host(conn: object, who: str) -> RecipeHost:
     """``conn`` if it is a connector, else :class:`InvalidArgument` saying what ``who``
     needs (a common slip: an endpoint string or a bare ``Client``)."""
-    if isinstance(conn, RecipeHost):
-        return conn
+    kind = type(conn)
+    verdict = _HOST_TYPES.get(kind)
+    if verdict is None:  # a runtime Protocol check costs ~40 µs: once per type
+        verdict = _HOST_TYPES[kind] = isinstance(conn, RecipeHost)
+    if verdict:
+        return conn  # type: ignore[return-value]
     hint = ""
     if isinstance(conn, str | list | tuple):
         hint = f"; for endpoints, use {who}(geventc.connect({conn!r}), ...)"
