@@ -332,3 +332,40 @@ def test_a_caller_interrupted_while_its_batch_waits_is_never_applied(
     keys = {kv.key_str for kv in client.get_prefix(etcd.key("late")).kvs}
     assert keys == {etcd.key(f"late{i}") for i in range(5, 10)}
     assert client.get_prefix(etcd.key("w"), count_only=True).count == 128
+
+
+def test_the_footprint_of_a_batch_agrees_with_pairwise_overlap() -> None:
+    # the union of ranges a write batch keeps must answer "does this op touch a key the
+    # batch touches" exactly as checking every pair of ranges would
+    import random
+
+    from geventc.coalesce import Span, _Footprint
+
+    def end(span: Span) -> bytes | None:  # None: every key from the start on
+        if not span[1]:
+            return span[0] + b"\0"
+        return None if span[1] == b"\0" else span[1]
+
+    def overlap(a: Span, b: Span) -> bool:
+        a_end, b_end = end(a), end(b)
+        return (a_end is None or b[0] < a_end) and (b_end is None or a[0] < b_end)
+
+    def span(rng: random.Random) -> Span:
+        key = bytes(rng.choice(b"abc") for _ in range(rng.randint(1, 3)))
+        roll = rng.random()
+        if roll < 0.5:
+            return key, b""
+        if roll < 0.6:
+            return key, b"\0"
+        stop = bytes(rng.choice(b"abcd") for _ in range(rng.randint(1, 3)))
+        return (key, stop) if stop > key else (key, b"")
+
+    rng = random.Random(14)
+    for _ in range(3000):
+        footprint, added = _Footprint(), []
+        for _ in range(rng.randint(0, 8)):
+            touched = span(rng)
+            footprint.add(touched)
+            added.append(touched)
+        asked = span(rng)
+        assert footprint.overlaps(asked) == any(overlap(asked, a) for a in added)
