@@ -103,10 +103,12 @@ class Registry(Recipe[EphemeralEvent | Staleness]):
         registered = instance.for_registration()
         key = self.key_of(registered)
         value = encode(registered, self.format)
-        self._forget_abandoned()
-        if key in self._keys:  # same address: new value, same key and lease, no gap
-            self._keys[key][1].update(value)
-            self._keys[key] = (registered, self._keys[key][1])
+        known = self._keys.get(key)
+        if known is not None and not known[1].running:  # its retries gave up: anew
+            del self._keys[key]
+        elif known is not None:  # same address: new value, same key and lease, no gap
+            known[1].update(value)
+            self._keys[key] = (registered, known[1])
             return registered
         ephemeral = EphemeralKey(self._conn, key, overwrite=True, retry=self.retry)
         ephemeral.create(value, self.ttl, channel=self.channel)
