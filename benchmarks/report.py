@@ -12,6 +12,7 @@ and decides every verdict, and adds the parts of the report that belong to no sc
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -376,11 +377,25 @@ def render(
     if env["mode"] == "quick":
         lines += ["Quick mode: small N and one repetition; the verdicts are indicative only.", ""]
     lines += body
+    lines += history() if env["mode"] != "quick" else []
     lines += ceiling(results, Figures(runs.get("S3", {})))
     lines += interference(results) if results.interference else []
     lines += problems(results)
     lines += [METHOD, "## Sizes", "", "```", *(f"{k} = {v}" for k, v in sizes.items()), "```", ""]
     return "\n".join(lines)
+
+
+HISTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history.md")
+
+
+def history() -> list[str]:
+    """The hand-kept record of what changed and why (``benchmarks/history.md``: each
+    change with its before/after figures and the profile that motivated it), so that a
+    regenerated report keeps it."""
+    if not os.path.exists(HISTORY):
+        return []
+    with open(HISTORY, encoding="utf-8") as kept:
+        return [kept.read().rstrip(), ""]
 
 
 def interference(results: Any) -> list[str]:

@@ -96,6 +96,9 @@ class TokenAuth:
             token = answer.get("token")
             if not isinstance(token, str) or not token:
                 raise errors.ProtocolError("etcd's authenticate answer carries no token")
+            if not (token.isascii() and token.isprintable()):
+                # it goes into every request's head: a line break would forge headers
+                raise errors.ProtocolError("etcd's authenticate answer carries a malformed token")
             self._token = token
             log.debug("authenticated to etcd as %r", self.username)
 

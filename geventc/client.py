@@ -145,8 +145,14 @@ class Client:
 
         ``serializable=True`` lets the answering member reply from its local state
         without a quorum round (faster, possibly stale)."""
-        request = range_request(key, revision=revision, serializable=serializable)
-        result = self._range(request)
+        if revision is None and serializable is False:  # the usual read, built directly
+            raw = validate.key(key)
+            body = {"key": wire.b64(raw)}
+            where = (raw, b"")
+            answer = self._single("/v3/kv/range", "request_range", body, where, len(raw), False)
+            result = wire.decode("range", wire.range_result, answer)
+        else:
+            result = self._range(range_request(key, revision=revision, serializable=serializable))
         return result.kvs[0] if result.kvs else None
 
     def get_prefix(

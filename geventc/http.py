@@ -6,38 +6,96 @@ limit); :meth:`HTTPPools.open_stream` returns an :class:`HTTPStream` whose lines
 read as they come. Every urllib3 or socket failure of an exchange becomes a geventc
 error here, carried by :class:`ExchangeFailed` with what a caller needs to decide
 whether trying again (elsewhere) can help.
+
+Connections are urllib3's ``HTTPConnection``/``HTTPSConnection`` (socket options,
+connect timeouts, TLS and certificate checks), kept by this module's own small pools
+(:class:`_Pool`) instead of ``HTTPConnectionPool.urlopen()``, whose per-request Retry
+and Timeout objects, queue and ``select.poll`` cost more CPU than a small etcd
+exchange itself. A unary request (:meth:`HTTPPools.request`) takes one of two engines:
+
+* with `httptools <https://github.com/MagicStack/httptools>`_ installed (MagicStack's
+  binding of llhttp, Node.js's HTTP parser, maintained and used by uvicorn), the
+  request (its head made once per endpoint, path and headers, then Content-Length and
+  body) goes out in one write and httptools parses the answer. For a small answer
+  this costs a fraction of urllib3's ``getresponse()``, which runs http.client's
+  email-based header parser and builds an ``HTTPHeaderDict`` and an ``HTTPResponse``;
+* without it, urllib3's own ``HTTPConnection.request()`` and ``getresponse()``, the
+  head and body also sent in one write (so etcd wakes once per request, not twice).
+
+Watch streams always take urllib3's response (read as data comes). Both engines give
+the same errors for the same failures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
 import os
+import select
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPException, IncompleteRead, RemoteDisconnected
 from typing import Any, NamedTuple
 
 import gevent
+import gevent.lock
 import gevent.monkey
 import urllib3
 import urllib3.util.ssl_ as urllib3_ssl
-from urllib3.connection import HTTPConnection
+from gevent import get_hub, getcurrent
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
-    EmptyPoolError,
-    FullPoolError,
     HTTPError,
     NewConnectionError,
     ReadTimeoutError,
     SSLError,
 )
+from urllib3.util import SKIP_HEADER, parse_url
 
 from . import errors
+
+log = logging.getLogger("geventc")
 
 #: How long after an exchange's timeout an answer still trickling in is cut off.
 DEADLINE_GRACE = 0.05
 _READ_SIZE = 65536
+#: Headers every request carries: no User-Agent (etcd ignores it), identity encoding
+#: (the body is read as is, never decoded).
+BASE_HEADERS: Mapping[str, str] = {"User-Agent": SKIP_HEADER, "Accept-Encoding": "identity"}
+#: Bytes of an answer's head (status line and headers) read at most.
+HEAD_LIMIT = 65536
+
+try:  # a maintained C parser (llhttp) for whole answers, when it is installed
+    ANSWER_PARSER: Any = importlib.import_module("httptools")
+except ImportError:  # pragma: no cover - depends on the installation
+    ANSWER_PARSER = None
+
+
+class DeadlinePassed(BaseException):
+    """Thrown into a greenlet whose exchange outlived its deadline (a BaseException,
+    like ``gevent.Timeout``, so no ``except Exception`` in between swallows it)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the answer was not complete after {seconds:.2f}s")
+        self.seconds = seconds
+
+
+#: Failures of one exchange that become geventc errors (ssl.SSLError is an OSError).
+_EXCHANGE_FAILURES: tuple[type[BaseException], ...] = (
+    HTTPError,
+    HTTPException,
+    OSError,
+    DeadlinePassed,
+    *((ANSWER_PARSER.HttpParserError,) if ANSWER_PARSER is not None else ()),
+)
+try:  # the unpatched poll: a drop check never blocks, so it needs no trip to the hub
+    _poll: Any = gevent.monkey.get_original("select", "poll")
+except AttributeError:  # pragma: no cover - a platform without poll
+    _poll = None
 
 
 def ensure_patched() -> None:
@@ -113,24 +171,149 @@ class TLSConfig:
         return options
 
 
-class _PoolMixin:
-    """urllib3's pool, robust against callers interrupted while they wait for a
-    connection (a ``gevent.Timeout`` of a ``stop()`` bound, a killed greenlet): urllib3
-    then gives back a slot it never took, and the next connection returned to the
-    now over-full pool raised ``FullPoolError`` in a request that had succeeded."""
+class _Connection(HTTPConnection):
+    """urllib3's connection, sending a request's head and its body in one write.
 
-    def _put_conn(self, conn: Any) -> None:
-        # urllib3 closed the surplus connection; the pool keeps its maxsize slots
-        with contextlib.suppress(FullPoolError):
-            super()._put_conn(conn)  # type: ignore[misc]
+    urllib3 writes the head, then the body: two small segments, and the server wakes
+    (and parses) twice. The head is held back here until the body follows.
+    """
+
+    _holding = False
+    _held: bytes | None = None
+    _answer_buffer: bytearray | None = None  # (http.client has its own ``_buffer``)
+
+    def receive_buffer(self) -> bytearray:
+        """This connection's buffer for answers read with httptools (made once: a new
+        64 KiB block per read had the allocator hand memory back to the kernel and
+        take it again, in system calls)."""
+        if self._answer_buffer is None:
+            self._answer_buffer = bytearray(_READ_SIZE)
+        return self._answer_buffer
+
+    def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        chunked: bool = False,
+        preload_content: bool = True,
+        decode_content: bool = True,
+        enforce_content_length: bool = True,
+    ) -> None:
+        """As urllib3's, with the head and a ``bytes`` body sent together."""
+        self._holding = bool(body) and isinstance(body, bytes) and not chunked
+        try:
+            super().request(
+                method,
+                url,
+                body,
+                headers,
+                chunked=chunked,
+                preload_content=preload_content,
+                decode_content=decode_content,
+                enforce_content_length=enforce_content_length,
+            )
+        finally:
+            self._holding = False
+            held, self._held = self._held, None
+        if held is not None:  # no body came after the head: send the head alone
+            super().send(held)
+
+    def send(self, data: Any) -> None:
+        """Send ``data``; the head of a request with a body waits for the body."""
+        if self._holding:
+            if self._held is None:
+                self._held = bytes(data)
+                return
+            data, self._held, self._holding = self._held + bytes(data), None, False
+        super().send(data)
 
 
-class _HTTPPool(_PoolMixin, urllib3.HTTPConnectionPool):
-    """A plain-http pool (see :class:`_PoolMixin`)."""
+class _TLSConnection(_Connection, HTTPSConnection):
+    """urllib3's https connection with the one-write requests of :class:`_Connection`."""
 
 
-class _HTTPSPool(_PoolMixin, urllib3.HTTPSConnectionPool):
-    """An https pool (see :class:`_PoolMixin`)."""
+def _dropped(conn: HTTPConnection) -> bool:
+    """True when an idle kept-alive connection is closed or has unexpected data (the
+    server closed it, or spoke out of turn): it must not carry a request."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    if _poll is None:  # pragma: no cover - every platform geventc runs on has poll
+        return not conn.is_connected
+    try:
+        poller = _poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+def _expire(greenlet: Any, seconds: float) -> None:
+    greenlet.throw(DeadlinePassed(seconds))
+
+
+def _deadline(seconds: float) -> Any:
+    """A started timer that throws :class:`DeadlinePassed` into this greenlet after
+    ``seconds``; ``close()`` it when done. (A bare loop timer: ``gevent.Timeout`` does
+    the same with more work per request.)"""
+    timer = get_hub().loop.timer(seconds)
+    timer.start(_expire, getcurrent(), seconds)
+    return timer
+
+
+class _Pool:
+    """The kept-alive connections to one endpoint.
+
+    A blocking pool lends at most ``size`` connections at a time (a caller waits for a
+    free one within its timeout); a non-blocking one lends as many as asked for. Each
+    keeps at most ``size`` idle connections, the most recently used first. Every
+    connection lent is given back exactly once (:meth:`give_back`), reusable or not,
+    also when its caller was interrupted: an interrupted wait takes no slot.
+    """
+
+    def __init__(self, make: Callable[[], _Connection], size: int, *, blocking: bool) -> None:
+        self._make = make
+        self._size = size
+        self._idle: list[_Connection] = []
+        self._slots = gevent.lock.BoundedSemaphore(size) if blocking else None
+        self._closed = False
+
+    def take(self, timeout: float) -> _Connection | None:
+        """A connection (idle, or new and not yet connected); None when no slot came
+        free within ``timeout`` seconds."""
+        if self._slots is not None and not self._slots.acquire(timeout=timeout):
+            return None
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not _dropped(conn):
+                    return conn
+                conn.close()
+            conn = self._make()
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+        return conn
+
+    def give_back(self, conn: _Connection, reusable: bool) -> None:
+        """Return a lent connection; one that is not ``reusable`` is closed."""
+        if reusable and not self._closed and len(self._idle) < self._size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+        if self._slots is not None:
+            self._slots.release()
+
+    def close(self) -> None:
+        """Close the idle connections; connections given back later are closed too."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def stream_socket_options(idle: float) -> list[tuple[int, int, int]]:
@@ -182,8 +365,18 @@ class HTTPStream:
     gives the connection up for good. Neither ever raises.
     """
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, endpoint: str) -> None:
+    def __init__(
+        self,
+        response: urllib3.BaseHTTPResponse,
+        endpoint: str,
+        connection: HTTPConnection | None = None,
+        sock: Any = None,
+    ) -> None:
         self._response: urllib3.BaseHTTPResponse | None = response
+        #: the connection the stream owns (closed with it) and its socket, taken before
+        #: the answer came (http.client forgets it when the answer says "close")
+        self._connection = connection
+        self._sock = sock
         self._buffer = bytearray()
         #: the endpoint that answered
         self.endpoint = endpoint
@@ -228,8 +421,12 @@ class HTTPStream:
 
     def interrupt(self) -> None:
         """End a read in progress (in another greenlet): it sees the end of the stream."""
-        if self._response is not None:
-            with contextlib.suppress(ValueError, RuntimeError, OSError):
+        if self._response is None:
+            return
+        with contextlib.suppress(ValueError, RuntimeError, OSError):
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_RD)
+            else:  # a response from urllib3's pool knows its socket itself
                 self._response.shutdown()
 
     def close(self) -> None:
@@ -241,6 +438,10 @@ class HTTPStream:
         with contextlib.suppress(OSError, HTTPError):
             response.close()
             response.release_conn()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(OSError):
+                connection.close()
 
 
 class HTTPPools:
@@ -261,13 +462,15 @@ class HTTPPools:
         connect_timeout: float,
         keepalive_time: float,
     ) -> None:
-        options = tls.pool_options() if tls is not None else {}
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._options = {"maxsize": pool_size, **options}
+        #: the parser of unary answers (httptools, when installed), else urllib3's own
+        self.parser: Any = ANSWER_PARSER
+        self._tls_options = tls.pool_options() if tls is not None else None
         self._stream_socket_options = stream_socket_options(keepalive_time)
-        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
-        self._stream_pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._pools: dict[str, _Pool] = {}
+        self._stream_pools: dict[str, _Pool] = {}
+        self._heads: dict[tuple[str, str, str], tuple[Mapping[str, str], bytes]] = {}
 
     def close(self) -> None:
         """Close every pooled connection (pools are made again on the next use)."""
@@ -283,7 +486,7 @@ class HTTPPools:
         path: str,
         *,
         body: bytes | None = None,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         timeout: float,
         limit: int,
         write: bool = False,
@@ -297,11 +500,29 @@ class HTTPPools:
         reached the server carries an :class:`IndeterminateWrite`). ``priority`` takes
         a connection from the pool that never blocks.
         """
-        with self._bounded(endpoint, timeout, write):
-            response = self._open(
-                endpoint, method, path, body, headers, timeout, stream=False, priority=priority
-            )
-            return Answer(response.status, _read_body(response, limit, endpoint))
+        pool = self._pool(endpoint, stream=priority)
+        timer = _deadline(timeout + DEADLINE_GRACE)
+        conn: _Connection | None = None
+        reusable = sent = False
+        try:
+            conn = self._take(pool, endpoint, timeout)
+            self._connect(conn, endpoint, timeout)
+            if self.parser is not None:
+                head = self._head(endpoint, method, path, headers)
+                sent = True
+                answer, reusable = _exchange(self.parser, conn, head, body, limit, endpoint)
+                return answer
+            sent = True
+            response = self._send(conn, method, path, body, headers, timeout)
+            data = _read_body(response, limit, endpoint)
+            reusable = conn.sock is not None and response.closed
+            return Answer(response.status, data)
+        except _EXCHANGE_FAILURES as exc:
+            raise _failed(exc, endpoint, write and sent) from None
+        finally:
+            timer.close()
+            if conn is not None:
+                pool.give_back(conn, reusable)
 
     def open_stream(
         self,
@@ -309,89 +530,236 @@ class HTTPPools:
         path: str,
         *,
         body: bytes,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         timeout: float,
         limit: int,
     ) -> HTTPStream | Answer:
         """POST ``body`` to a streaming ``path``: the unread :class:`HTTPStream` when the
         server answered 200, else its whole answer. ``timeout`` bounds getting that far;
         failures raise as for :meth:`request`."""
-        with self._bounded(endpoint, timeout, write=False):
-            response = self._open(endpoint, "POST", path, body, headers, timeout, stream=True)
+        pool = self._pool(endpoint, stream=True)
+        timer = _deadline(timeout + DEADLINE_GRACE)
+        conn: _Connection | None = None
+        try:
+            conn = self._take(pool, endpoint, timeout)
+            self._connect(conn, endpoint, timeout)
+            sock = conn.sock
+            response = self._send(conn, "POST", path, body, headers, timeout, stream=True)
             if response.status == 200:
-                return HTTPStream(response, endpoint)
+                stream = HTTPStream(response, endpoint, conn, sock)
+                conn = None  # the stream owns it now
+                return stream
             return Answer(response.status, _read_body(response, limit, endpoint))
+        except _EXCHANGE_FAILURES as exc:
+            raise _failed(exc, endpoint, False) from None
+        finally:
+            timer.close()
+            if conn is not None:
+                pool.give_back(conn, False)
 
     # --- internals -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _bounded(self, endpoint: str, timeout: float, write: bool) -> Iterator[None]:
-        """Bound the exchange inside to ``timeout`` (urllib3's timeouts bound each socket
-        operation; this bounds a trickled answer) and map its failures."""
-        timer = gevent.Timeout.start_new(timeout + DEADLINE_GRACE)
-        try:
-            yield
-        except EmptyPoolError:
+    def _head(self, endpoint: str, method: str, path: str, headers: Mapping[str, str]) -> bytes:
+        """The head of a request, made once for each endpoint, path and headers object
+        (callers reuse one headers object per token)."""
+        key = (endpoint, method, path)
+        known = self._heads.get(key)
+        if known is not None and known[0] is headers:
+            return known[1]
+        head = _head(method, path, endpoint, headers)
+        self._heads[key] = (headers, head)
+        return head
+
+    def _take(self, pool: _Pool, endpoint: str, timeout: float) -> _Connection:
+        conn = pool.take(timeout)
+        if conn is None:
             busy = errors.Timeout(
                 f"no free connection within the deadline (all {self.pool_size} "
                 "of pool_size are busy)",
                 endpoint=endpoint,
             )
-            raise ExchangeFailed(busy, retryable=False) from None
-        except (HTTPError, OSError, gevent.Timeout) as exc:
-            if isinstance(exc, gevent.Timeout) and exc is not timer:
-                raise
-            error = _exchange_error(exc, endpoint, write)
-            # a TLS set-up error is not cured by another try; a sent write must not be repeated
-            final = isinstance(exc, SSLError) or isinstance(error, errors.IndeterminateWrite)
-            refused = isinstance(exc, NewConnectionError) and "refused" in str(exc)
-            raise ExchangeFailed(error, refused=refused, retryable=not final) from None
-        finally:
-            timer.close()
+            raise ExchangeFailed(busy, retryable=False)
+        return conn
 
-    def _open(
-        self,
-        endpoint: str,
+    def _connect(self, conn: HTTPConnection, endpoint: str, timeout: float) -> None:
+        """Connect ``conn`` unless it already is, within the connect timeout: a failure
+        here means the request was never sent."""
+        if conn.sock is None:
+            log.debug("opening a connection to etcd at %s", endpoint)
+            conn.timeout = max(0.001, min(self.connect_timeout, timeout))
+            conn.connect()
+
+    @staticmethod
+    def _send(
+        conn: HTTPConnection,
         method: str,
         path: str,
         body: bytes | None,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         timeout: float,
         *,
-        stream: bool,
-        priority: bool = False,
+        stream: bool = False,
     ) -> urllib3.BaseHTTPResponse:
-        """Send the request and read the answer's head (the body is left unread)."""
-        connect = max(0.001, min(self.connect_timeout, timeout))
-        read = None if stream else max(0.001, timeout)
-        return self._pool(endpoint, stream=stream or priority).urlopen(
-            method,
-            path,
-            body=body,
-            headers=headers,
-            timeout=urllib3.Timeout(connect=connect, read=read),
-            retries=False,
-            redirect=False,
-            preload_content=False,
-            pool_timeout=timeout,  # type: ignore[arg-type]  # a float works (queue.get)
+        """Send the request and read the answer's head (the body is left unread). Each
+        socket operation may take ``timeout`` seconds; a stream's reads are unbounded
+        (it may be idle for long; its head is bounded by the exchange's timer)."""
+        conn.timeout = max(0.001, timeout)
+        conn.request(
+            method, path, body=body, headers=headers, preload_content=False, decode_content=False
         )
+        if stream:
+            conn.timeout = None
+        return conn.getresponse()
 
-    def _pool(self, endpoint: str, *, stream: bool) -> urllib3.HTTPConnectionPool:
+    def _pool(self, endpoint: str, *, stream: bool) -> _Pool:
         """The request pool of ``endpoint`` (blocking when every connection is busy) or
         its stream pool (never blocking)."""
         pools = self._stream_pools if stream else self._pools
         pool = pools.get(endpoint)
         if pool is None:
-            url = urllib3.util.parse_url(endpoint)
+            url = parse_url(endpoint)
             secure = url.scheme == "https"
-            options = dict(self._options)
+            host = (url.host or "").strip("[]")
+            port = url.port or (443 if secure else 80)
+            options: dict[str, Any] = {}
             if stream:
                 options["socket_options"] = self._stream_socket_options
-            pool_class = _HTTPSPool if secure else _HTTPPool
-            port = url.port or (443 if secure else 80)
-            pool = pool_class(url.host or "", port, block=not stream, **options)
+            if secure:
+                options.update(self._tls_options or {})
+
+            def make() -> _Connection:
+                kind = _TLSConnection if secure else _Connection
+                return kind(host, port, **options)
+
+            pool = _Pool(make, self.pool_size, blocking=not stream)
             pools[endpoint] = pool
         return pool
+
+
+def _failed(exc: BaseException, endpoint: str, sent_write: bool) -> ExchangeFailed:
+    """The :class:`ExchangeFailed` for a failure of one exchange (a caller's own
+    ``gevent.Timeout`` is never caught: it goes on to the caller)."""
+    error = _exchange_error(exc, endpoint, sent_write)
+    # a TLS set-up error is not cured by another try; a sent write must not be repeated
+    tls = isinstance(exc, SSLError | ssl.SSLError)
+    final = tls or isinstance(error, errors.IndeterminateWrite)
+    refused = isinstance(exc, NewConnectionError) and "refused" in str(exc)
+    return ExchangeFailed(error, refused=refused, retryable=not final)
+
+
+def _head(method: str, path: str, endpoint: str, headers: Mapping[str, str]) -> bytes:
+    """The head of a request up to its Content-Length (as urllib3 would write it, less
+    the headers it is told to skip)."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {endpoint.partition('://')[2]}"]
+    lines += [f"{name}: {value}" for name, value in headers.items() if value is not SKIP_HEADER]
+    text = "\r\n".join(lines)
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks or not text.isascii():
+        raise errors.InvalidArgument(f"a header of the request to {path} is not valid HTTP")
+    return (text + "\r\n").encode("ascii")
+
+
+def _request_bytes(head: bytes, body: bytes | None) -> bytes:
+    """The whole request: ``head``, its Content-Length and ``body``."""
+    if body is None:
+        return head + b"\r\n"
+    return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+
+
+class _Reader:
+    """What the parser found of one answer (its callbacks)."""
+
+    __slots__ = ("body", "complete", "headed", "keep_alive", "messages", "parser", "size")
+
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.size = 0
+        self.messages = 0
+        self.headed = False
+        self.complete = False
+        self.keep_alive = False
+        self.parser: Any = None  # set once made (it is made with this reader)
+
+    def finished(self) -> bool:
+        """The whole answer was read."""
+        return self.complete
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_headers_complete(self) -> None:
+        self.headed = True
+
+    def on_body(self, data: bytes) -> None:
+        self.body.append(data)
+        self.size += len(data)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:  # informational (1xx): the answer follows
+            self.messages -= 1
+            self.headed = False
+            return
+        self.complete = True
+        # asked now: once the message is over the parser no longer knows
+        self.keep_alive = bool(self.parser.should_keep_alive())
+
+
+def _exchange(
+    parser: Any, conn: _Connection, head: bytes, body: bytes | None, limit: int, endpoint: str
+) -> tuple[Answer, bool]:
+    """Send one request (``head`` from :func:`_head`) on the connected ``conn`` and read
+    its whole answer with httptools; also whether the connection can carry another
+    request. The caller's timer bounds the exchange; an answer over ``limit`` bytes
+    raises :class:`ProtocolError` after at most ``limit`` bytes were read."""
+    sock = conn.sock
+    assert sock is not None  # connected by the caller
+    if sock.gettimeout() is not None:
+        # the exchange's own timer bounds it: a timeout on each socket operation would
+        # cost a gevent.Timeout per read and write
+        sock.settimeout(None)
+    data = _request_bytes(head, body)
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+    reader = _Reader()
+    answer = reader.parser = parser.HttpResponseParser(reader)
+    try:
+        _read_answer(parser, reader, sock, conn.receive_buffer(), limit, endpoint)
+    finally:
+        reader.parser = None
+    reusable = reader.messages == 1 and reader.keep_alive
+    return Answer(int(answer.get_status_code()), b"".join(reader.body)), reusable
+
+
+def _read_answer(
+    parser: Any, reader: _Reader, sock: Any, buffer: bytearray, limit: int, endpoint: str
+) -> None:
+    """Feed what ``sock`` receives to ``reader.parser`` until the answer is complete."""
+    answer = reader.parser
+    view = memoryview(buffer)
+    received = 0
+    while not reader.finished():
+        count = sock.recv_into(buffer)
+        if not count:
+            if received == 0:
+                raise RemoteDisconnected("Remote end closed connection without response")
+            raise IncompleteRead(b"".join(reader.body))
+        received += count
+        try:
+            answer.feed_data(view[:count])
+        except parser.HttpParserError:
+            if not reader.finished():
+                raise
+            reader.messages += 1  # bytes after the answer: the connection is spoilt
+        if reader.size > limit or received > limit + HEAD_LIMIT:
+            raise errors.ProtocolError(
+                f"etcd's answer is larger than {limit} bytes (Transport.max_response_bytes)",
+                endpoint=endpoint,
+            )
+        if not reader.headed and received > HEAD_LIMIT:
+            raise errors.ProtocolError(
+                f"etcd's answer has a head larger than {HEAD_LIMIT} bytes", endpoint=endpoint
+            )
 
 
 def _read_body(response: urllib3.BaseHTTPResponse, limit: int, endpoint: str) -> bytes:
@@ -418,8 +786,9 @@ def _read_body(response: urllib3.BaseHTTPResponse, limit: int, endpoint: str) ->
 
 
 def _exchange_error(exc: BaseException, target: str, write: bool) -> errors.EtcdError:
-    """The geventc error for a urllib3/socket failure of one exchange."""
-    if isinstance(exc, SSLError):
+    """The geventc error for a urllib3/socket failure of one exchange (``write``: a
+    write that was sent)."""
+    if isinstance(exc, SSLError | ssl.SSLError):
         return errors.ConnectionFailed(
             f"TLS verification or handshake failed: {exc}", endpoint=target
         )
@@ -433,7 +802,7 @@ def _exchange_error(exc: BaseException, target: str, write: bool) -> errors.Etcd
             "it may or may not have been applied",
             endpoint=target,
         )
-    if isinstance(exc, ReadTimeoutError | TimeoutError | gevent.Timeout):
+    if isinstance(exc, ReadTimeoutError | TimeoutError | DeadlinePassed):
         return errors.Timeout("no answer within the deadline", endpoint=target)
     # a TLS-only member answers plain http with a 400 and closes, which may arrive as a
     # reset or an empty answer instead: say what probably went wrong
@@ -448,8 +817,8 @@ def _exchange_error(exc: BaseException, target: str, write: bool) -> errors.Etcd
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, gevent.Timeout):
-        return f"the answer was not complete after {exc.seconds:.2f}s"
+    if isinstance(exc, DeadlinePassed):
+        return str(exc)
     text = str(exc)
     if "Connection refused" in text:
         return "connection refused"

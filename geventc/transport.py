@@ -22,7 +22,15 @@ from typing import Any, TypeVar
 from . import errors, status
 from .auth import TokenAuth
 from .endpoints import parse_endpoints
-from .http import Answer, ExchangeFailed, HTTPPools, HTTPStream, TLSConfig, ensure_patched
+from .http import (
+    BASE_HEADERS,
+    Answer,
+    ExchangeFailed,
+    HTTPPools,
+    HTTPStream,
+    TLSConfig,
+    ensure_patched,
+)
 from .wire import JSON
 
 __all__ = [
@@ -36,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger("geventc")
 
-HEADERS = {"Content-Type": "application/json", "Grpc-Metadata-Hasleader": "true"}
+HEADERS = {**BASE_HEADERS, "Content-Type": "application/json", "Grpc-Metadata-Hasleader": "true"}
 BACKOFF_FIRST = 0.025
 BACKOFF_MAX = 0.5
 #: Requests that never wait for a free pooled connection: a lease renewal stuck behind
@@ -103,6 +111,7 @@ class Transport:
         self._pid = os.getpid()
         #: HTTP requests sent so far (every attempt and every stream opened)
         self.requests = 0
+        self._headers: tuple[str, dict[str, str]] | None = None
         self._http = HTTPPools(
             tls=(tls or TLSConfig()) if secure else None,
             pool_size=pool_size,
@@ -292,7 +301,7 @@ class Transport:
         """Try ``exchange`` on one endpoint after another until it succeeds, fails for
         good, or the deadline passes; return its result and its endpoint."""
         self._check_open()
-        headers = HEADERS if token is None else {**HEADERS, "Authorization": token}
+        headers = HEADERS if token is None else self._token_headers(token)
         tried = 0
         refusals = 0  # consecutive attempts whose connection was refused
         backoff = BACKOFF_FIRST
@@ -371,6 +380,14 @@ class Transport:
             raise _Retryable(error)
         raise error
 
+    def _token_headers(self, token: str) -> dict[str, str]:
+        """The request headers carrying ``token``: one object per token, so the HTTP
+        layer can reuse the request head it made from it."""
+        known = self._headers
+        if known is None or known[0] != token:
+            known = self._headers = (token, {**HEADERS, "Authorization": token})
+        return known[1]
+
     def _check_open(self) -> None:
         if self._closed:
             raise errors.ClientClosed("the etcd client is closed")
@@ -382,16 +399,21 @@ class Transport:
             )
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _encode(body: JSON) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _ENCODE(body).encode()
 
 
 def _decode_answer(data: bytes, endpoint: str) -> JSON:
     """Decode a 200 answer; a streamed answer (keep-alive) is its first ``result``."""
     try:
         text = data.decode("utf-8")
-        first = text.lstrip().split("\n", 1)[0] if text.lstrip().startswith('{"result"') else text
-        decoded = json.loads(first) if first.strip() else {}
+        if not text.startswith('{"header"'):  # the usual answer needs no other look
+            stripped = text.lstrip()
+            text = stripped.split("\n", 1)[0] if stripped.startswith('{"result"') else stripped
+        decoded = json.loads(text) if text else {}
     except (ValueError, RecursionError):
         raise errors.ProtocolError("etcd answered malformed JSON", endpoint=endpoint) from None
     if not isinstance(decoded, dict):
