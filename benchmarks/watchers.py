@@ -5,7 +5,11 @@ prefix first (Kitex-style values). Then ``n`` subscribers follow them, subscribe
 following service ``i % services``:
 
 * geventc: ``conn.service_tracker(path).start()`` and one greenlet reading each
-  tracker's channel (the connector shares one watch stream per service path);
+  tracker's channel (the connector shares one watch stream per service path); then,
+  in the same worker, the same number of trackers made with
+  ``conn.service_tracker(path, channel=shared)``, all putting into one
+  ``Channel(latest_per_source=True)`` read by one greenlet (``shared_channel`` in the
+  figures: the fan-out without a greenlet woken up per tracker);
 * a peer: read the service's keys, then watch its prefix (etcd3gw ``watch_prefix``,
   python-etcd3 ``add_watch_prefix_callback``, raw urllib3 a streaming ``POST
   /v3/watch``), applying each event to its own copy; that is one watch per subscriber.
@@ -70,16 +74,32 @@ class Deliveries:
         """Subscriber ``index`` delivered ``snapshot`` (instance name -> value)."""
         if not self.synced[index] and len(snapshot) >= self.instances:
             self.synced[index] = True
-            self.unsynced -= 1
-            if not self.unsynced:
-                self.all_synced.set()
+            self._one_synced()
         token = self.token[self.service_of[index]]
         if token and self.got[index] != token and snapshot.get(NEW) == token:
             self.got[index] = token
-            self.pending -= 1
-            if not self.pending:
-                self.finished_at = time.perf_counter()
-                self.done.set()
+            self._one_delivered()
+
+    def deliver_shared(self, service: int, first: bool, snapshot: Mapping[str, str]) -> None:
+        """One subscriber of ``service`` delivered ``snapshot`` (a tracker of a shared
+        channel: which one is not known, but each delivers one snapshot per change, and
+        ``first`` says it is one's first)."""
+        if first and len(snapshot) >= self.instances:
+            self._one_synced()
+        token = self.token[service]
+        if token and snapshot.get(NEW) == token:
+            self._one_delivered()
+
+    def _one_synced(self) -> None:
+        self.unsynced -= 1
+        if not self.unsynced:
+            self.all_synced.set()
+
+    def _one_delivered(self) -> None:
+        self.pending -= 1
+        if not self.pending:
+            self.finished_at = time.perf_counter()
+            self.done.set()
 
 
 def trackers(impl: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -95,34 +115,57 @@ def trackers(impl: str, params: dict[str, Any]) -> dict[str, Any]:
             }
         )
         deliveries = Deliveries(params["n"], params["services"], params["instances"])
-        if impl == "geventc":
-            return _measure(params, gateway, deliveries, _GeventcSubscribers(params))
-        return _measure(params, gateway, deliveries, _PeerSubscribers(impl, params))
+        if impl != "geventc":
+            return _measure(params, gateway, deliveries, _PeerSubscribers(impl, params))
+        figures = _measure(params, gateway, deliveries, _GeventcSubscribers(params))
+        if params.get("shared", True):
+            again = Deliveries(params["n"], params["services"], params["instances"])
+            shared = _measure(params, gateway, again, _GeventcSubscribers(params, shared=True))
+            figures["shared_channel"] = {k: shared[k] for k in SHARED_FIGURES if k in shared}
+        return figures
     finally:
         gateway.delete_prefix(prefix)
         gateway.close()
 
 
-class _GeventcSubscribers:
-    """ServiceTrackers of one connector, each read by a greenlet."""
+#: the figures of the shared-channel run kept in ``shared_channel``
+SHARED_FIGURES = (
+    "synced",
+    "first_state_s",
+    "rss_per_subscriber_bytes",
+    "cpu_us_per_delivery",
+    "one_service",
+    "every_service",
+    "teardown_s",
+)
 
-    def __init__(self, params: dict[str, Any]) -> None:
+
+class _GeventcSubscribers:
+    """ServiceTrackers of one connector, each read by a greenlet (or, ``shared``, all
+    putting into one channel read by one greenlet)."""
+
+    def __init__(self, params: dict[str, Any], *, shared: bool = False) -> None:
         import geventc
 
         self.params = params
+        self.shared = shared
         self.conn = geventc.connect([params["endpoint"]])
         self.conn.get(params["prefix"] + "warm-up")
 
     def start(self, deliveries: Deliveries) -> dict[str, Any]:
         """Start the trackers, wait for their first state and weigh them; then start
-        one reading greenlet per tracker."""
+        one reading greenlet per tracker (or one for the shared channel)."""
         import gevent
 
-        from geventc import ServiceSnapshot
+        from geventc import Channel, ServiceSnapshot
 
         started = time.perf_counter()
         prefix = self.params["prefix"]
-        tracked = [self.conn.service_tracker(f"{prefix}svc{s}") for s in deliveries.service_of]
+        shared: Any = Channel(latest_per_source=True) if self.shared else None
+        tracked = [
+            self.conn.service_tracker(f"{prefix}svc{s}", channel=shared)
+            for s in deliveries.service_of
+        ]
         channels = [tracker.start() for tracker in tracked]
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and not all(
@@ -139,6 +182,19 @@ class _GeventcSubscribers:
                 if isinstance(item, ServiceSnapshot) and item.error is None:
                     deliveries.deliver(index, item.services)
 
+        def consume_shared() -> None:
+            service_of = {f"{prefix}svc{s}": s for s in range(self.params["services"])}
+            unseen = Counter(deliveries.service_of)  # trackers yet to deliver a first state
+            for item in shared:
+                if isinstance(item, ServiceSnapshot) and item.error is None:
+                    service = service_of[item.path]
+                    first = unseen[service] > 0
+                    unseen[service] -= first
+                    deliveries.deliver_shared(service, first, item.services)
+
+        if shared is not None:
+            gevent.spawn(consume_shared)
+            return figures
         for index, channel in enumerate(channels):
             gevent.spawn(consume, index, channel)
         return figures
@@ -296,11 +352,29 @@ def one_service_measured(f: report.Figures, p99: float) -> str:
     return f"{fmt(p99, 1)} ms: put to one service → its last of {per_service} trackers"
 
 
+def fanout_measured(f: report.Figures, shared: float) -> str:
+    """The fan-out p99 on a shared channel, and with a reading greenlet per tracker."""
+    own = f.med("geventc", "every_service.p99_ms")
+    return (
+        f"{fmt(shared, 1)} ms on one shared channel; {fmt(own, 1)} ms with a channel and a "
+        "reading greenlet per tracker"
+    )
+
+
 def rss_measured(f: report.Figures, per_tracker: float) -> str:
     """RSS per tracker, without and with a reading greenlet."""
     with_reader = f.med("geventc", "rss_per_subscriber_bytes")
     return (
         f"{fmt(per_tracker, 0)} B per tracker; {fmt(with_reader, 0)} B with a reading greenlet each"
+    )
+
+
+def _geventc_only(*columns: report.Column, heading: str) -> report.Table:
+    """A one-row table of geventc's figures under ``heading``."""
+    return report.Table(
+        [c.header for c in columns],
+        lambda f: [[c.cell(f, "geventc") for c in columns]] if f.runs.get("geventc") else [],
+        heading,
     )
 
 
@@ -330,7 +404,28 @@ SECTIONS = (
                     "txn to every service → last of all p50 / p99 ms", latency("every_service")
                 ),
                 report.Column("geventc ÷ this: p99", versus("one_service.p99_ms")),
-            )
+            ),
+            _geventc_only(
+                report.Column("trackers on one shared channel", figure("subscribers", 0)),
+                report.Column("first snapshots s", figure("shared_channel.first_state_s", 2)),
+                report.Column(
+                    "CPU µs per delivered snapshot",
+                    figure("shared_channel.cpu_us_per_delivery", 1),
+                ),
+                report.Column(
+                    "put → last of its service p50 / p99 ms", latency("shared_channel.one_service")
+                ),
+                report.Column(
+                    "txn to every service → last of all p50 / p99 ms",
+                    latency("shared_channel.every_service"),
+                ),
+                report.Column("close s", figure("shared_channel.teardown_s", 2)),
+                heading=(
+                    "geventc, the same trackers made with `conn.service_tracker(path, "
+                    "channel=shared)`: one `Channel(latest_per_source=True)` read by one "
+                    "greenlet"
+                ),
+            ),
         ],
         [
             report.Target(
@@ -356,6 +451,16 @@ SECTIONS = (
                 "every_service.p99_ms",
                 lambda f, every: f"{fmt(every, 1)} ms (max over the rounds' p99)",
                 at_most=100,
+            ),
+            report.Target(
+                "S5",
+                lambda f: (
+                    f"(issue 14) one txn to every service → last of all {subscriber_count(f)} "
+                    "trackers p99 ≤ 50 ms (trackers on one shared channel)"
+                ),
+                "shared_channel.every_service.p99_ms",
+                fanout_measured,
+                at_most=50,
             ),
             report.Target(
                 "S5",

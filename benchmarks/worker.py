@@ -47,6 +47,9 @@ MODULES = {
     "many-locks": "benchmarks.toolkit",
     "queue": "benchmarks.toolkit",
     "mass-create": "benchmarks.mass",
+    "teardown": "benchmarks.churn",
+    "churn": "benchmarks.churn",
+    "at-rest": "benchmarks.churn",
 }
 
 

@@ -91,6 +91,8 @@ class KeptLease:
         self._greenlet: gevent.Greenlet[[], None] | None = None
         self._adopted = False  # granted elsewhere: not replaced once lost (see adopt)
         self._revoked = False  # once closed: whether etcd confirmed the revocation
+        #: the id etcd confirmed revoked when the lease was closed (0: none)
+        self.revoked_id = 0
 
     def __repr__(self) -> str:
         return f"KeptLease(id={self.id:x}, ttl={self.ttl}, state={self.state.value})"
@@ -111,6 +113,13 @@ class KeptLease:
         renewal: its TTL from the last renewal that succeeded (0.0 once it surely
         expired, or closed after a confirmed revoke)."""
         return max(0.0, self._deadline - time.monotonic())
+
+    @property
+    def revoked(self) -> bool:
+        """True once the lease was closed and etcd confirmed its revocation (or it had
+        surely expired): no key is left on it (a holder whose keys were on it need not
+        delete them)."""
+        return self.state is LeaseState.CLOSED and self._revoked
 
     @property
     def grace(self) -> float:
@@ -204,6 +213,7 @@ class KeptLease:
             return False
         self._deadline = 0.0
         self._revoked = True
+        self.revoked_id = lease_id
         return True
 
     # --- the renewing greenlet ---------------------------------------------------------

@@ -133,6 +133,8 @@ class Resolver(Recipe[ServiceInstances]):
         self.strategy = strategy
         self._caches: dict[str, _ServiceCache] = {}
 
+    _RELEASES_LOCALLY = True  # it only leaves the shared watches
+
     def __repr__(self) -> str:
         return f"Resolver({self.prefix!r}, services={sorted(self._caches)})"
 

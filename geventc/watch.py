@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event as Signal
 from gevent.pool import Group
 
-from .errors import Compacted, EtcdError
+from .errors import ClientClosed, Compacted, EtcdError
 from .liveness import Liveness
 from .retry import Backoff
 from .watchstream import WatchStream
@@ -115,6 +115,7 @@ class PrefixWatch:
         self._count = 0  # listeners of both kinds (kept, not summed: O(1) per removal)
         self._stream: WatchStream | None = None
         self._view: PrefixUpdate | None = None
+        self._closed = False  # once closed, no listener is called again
         self._greenlet = group.spawn(self._run)
         if liveness is not None:
             liveness.follow(self)
@@ -268,7 +269,8 @@ class PrefixWatch:
 
     def close(self, *, block: bool = True) -> None:
         """Stop the greenlet and the stream (``block``: wait, at most a second, until
-        the greenlet has ended)."""
+        the greenlet has ended); no listener is called after this."""
+        self._closed = True
         if self._liveness is not None:
             self._liveness.unfollow(self)
         # the greenlet first: a stream cancelled under it would end its loop's turn and
@@ -282,7 +284,7 @@ class PrefixWatch:
     def _run(self) -> None:
         backoff = Backoff(first=0.05)
         need_read = True
-        while True:
+        while not self._closed:  # closed: its kill may not have arrived yet
             try:
                 if need_read:
                     self._resync()
@@ -345,6 +347,8 @@ class PrefixWatch:
         self._changed()
 
     def _follow(self) -> None:
+        if self._closed:
+            return
         self._stream = self._source.watch(
             self.prefix, prefix=True, start_revision=self.revision + 1, prev_kv=True
         )
@@ -378,6 +382,8 @@ class PrefixWatch:
         moved.set()
 
     def _publish(self, update: PrefixUpdate) -> None:
+        if self._closed:
+            return
         for listener in list(self._listeners):
             self._call(listener, update)
         if not self._by_key:
@@ -386,14 +392,20 @@ class PrefixWatch:
             by_key: dict[bytes, list[Event]] = {}
             for event in update.events:
                 by_key.setdefault(event.kv.key, []).append(event)
+            # one update object per key with events of its own, one for all the others
+            bare = dataclasses.replace(update, events=()) if update.events else update
             for key, listeners in list(self._by_key.items()):
-                mine = tuple(by_key.get(key, ()))
+                mine = by_key.get(key)
+                view = bare if mine is None else dataclasses.replace(update, events=tuple(mine))
                 for listener in listeners:
-                    self._call(listener, dataclasses.replace(update, events=mine))
+                    self._call(listener, view)
             return
         for event in update.events:
-            for listener in self._by_key.get(event.kv.key, ()):
-                self._call(listener, dataclasses.replace(update, events=(event,)))
+            of_key = self._by_key.get(event.kv.key)
+            if of_key:
+                view = dataclasses.replace(update, events=(event,))
+                for listener in of_key:
+                    self._call(listener, view)
 
     @staticmethod
     def _call(listener: Listener, update: PrefixUpdate) -> None:
@@ -413,6 +425,10 @@ class WatchHub:
         self._group = group
         self._liveness = liveness
         self._watches: dict[bytes, PrefixWatch] = {}
+        #: what the subscribers of one prefix share beyond the watch (the trackers of a
+        #: prefix are one listener: see ``recipes/tracker.py``), by a key of their own
+        self.shared: dict[object, Any] = {}
+        self._closed = False
 
     @property
     def streams(self) -> int:
@@ -431,7 +447,10 @@ class WatchHub:
         """Start (or join) the watch of ``prefix`` with ``listener`` (of one ``key``'s
         events only, if given). With ``read_your_writes`` the listener's first state
         reflects every write the source made before this call (waiting at most
-        ``timeout`` for a shared watch to catch up)."""
+        ``timeout`` for a shared watch to catch up). Raises :class:`ClientClosed` once
+        the hub was closed (its connector closes)."""
+        if self._closed:
+            raise ClientClosed("the connector is closed: its watches are stopped")
         watch = self._watches.get(prefix)
         if watch is None:
             watch = PrefixWatch(self._source, prefix, self._group, self._liveness)
@@ -450,8 +469,17 @@ class WatchHub:
             del self._watches[prefix]
             watch.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
     def close(self) -> None:
-        """Stop every watch (their greenlets end as soon as they are scheduled)."""
-        for watch in list(self._watches.values()):
-            watch.close(block=False)
+        """Stop every watch (their greenlets end as soon as they are scheduled); no
+        listener is called after this, and a later :meth:`subscribe` raises."""
+        self._closed = True
+        watches = list(self._watches.values())
         self._watches.clear()
+        self.shared.clear()
+        for watch in watches:
+            watch.close(block=False)

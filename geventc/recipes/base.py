@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import gevent
 from gevent.pool import Group
@@ -90,6 +90,12 @@ class _RecipeGroup(Group):
 
 class Recipe(Generic[E]):
     """Base of the recipes: a channel, a group of greenlets and a life cycle."""
+
+    #: True for a recipe whose :meth:`_release` only drops its subscriptions to the
+    #: connector's watches (it holds nothing on the server): once those watches are
+    #: closed and none of its greenlets is alive, it stops at once in the caller's
+    #: greenlet (see :meth:`stops_at_once`)
+    _RELEASES_LOCALLY: ClassVar[bool] = False
 
     __slots__ = (
         "__weakref__",
@@ -167,15 +173,17 @@ class Recipe(Generic[E]):
         self._stopped = True
         if deadline is None:
             deadline = time.monotonic() + self._conn.stop_timeout
-        current = gevent.getcurrent()
         group = self._group
-        if group is not None:
+        if group:
+            current = gevent.getcurrent()
             if isinstance(current, gevent.Greenlet) and current in group:
                 group.discard(current)  # stopped from its own greenlet: finish the call
             group.kill(block=True, timeout=max(0.0, deadline - time.monotonic()) / 3)
         outcome = self._release_by(deadline)
         if not outcome.confirmed:
-            log.warning("%r: %s", self, outcome.detail)
+            # a closing connector says it once for all of its recipes
+            level = logging.INFO if self._conn.closing else logging.WARNING
+            log.log(level, "%r: %s", self, outcome.detail)
         if fatal is not None:
             self._report(fatal, fatal=True)
         if self._channel is not None and self._owns_channel:
@@ -183,9 +191,26 @@ class Recipe(Generic[E]):
         self._conn.unregister(self)
         return outcome
 
+    def stops_at_once(self) -> bool:
+        """True when :meth:`stop` needs no request and no greenlet switch now: what the
+        recipe would release is local (:meth:`_release_is_local`), the connector's
+        watches are closed already and none of its greenlets is alive (a closing
+        connector then stops it in its own greenlet, without spawning one)."""
+        return not self._group and self._conn.hub.closed and self._release_is_local()
+
+    def _release_is_local(self) -> bool:
+        """True when :meth:`_release` would neither send a request nor wait now (say,
+        its keys went with a lease the closing connector revoked, see
+        :func:`~geventc.recipes.leftover.gone_with`); by default
+        :attr:`_RELEASES_LOCALLY`. Override it only with a check that is sure."""
+        return self._RELEASES_LOCALLY
+
     def _release_by(self, deadline: float) -> Release:
         """:meth:`_release`, cut off at ``deadline``."""
         self._release_deadline = deadline
+        if self._conn.hub.closed and self._release_is_local():  # cannot wait: no timer
+            outcome = self._release()
+            return RELEASED if outcome is None else outcome
         timer = gevent.Timeout(max(0.001, deadline - time.monotonic()))
         try:
             with timer:
@@ -272,7 +297,8 @@ class Recipe(Generic[E]):
 
     def _emit(self, event: E | RecipeError) -> None:
         if self._channel is not None:
-            self._channel.put(event)
+            # on a channel shared by many recipes, each one's newest item is kept
+            self._channel.put(event, source=self)
 
     def _report(self, error: EtcdError, *, fatal: bool = False) -> None:
         log.warning("%r: %s", self, error)

@@ -89,6 +89,8 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
     :meth:`snapshot` to compare contents. Values are never shown in its repr. Decoded
     values are shared with every reader and change event: treat them as read-only."""
 
+    _RELEASES_LOCALLY = True  # it only leaves the shared watch
+
     def __init__(
         self,
         conn: RecipeHost,

@@ -59,7 +59,7 @@ from ..txn import Compare, Comparison, Op, TxnOp
 from ..watch import PrefixUpdate
 from ..wire import KeyValue, RangeResult, TxnResult
 from .base import RELEASED, Recipe, Release, unconfirmed
-from .leftover import delete_until_confirmed
+from .leftover import delete_until_confirmed, gone_with
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -526,6 +526,8 @@ class Contender(Recipe[LockEvent]):
         self._key, self._revision, self._held, self._suspended = b"", 0, False, False
         if not key:
             return RELEASED
+        if gone_with(self._conn, self._lease, self._lease_of_key):
+            return RELEASED  # the connector's close revoked its lease: etcd deleted it
         guard = Compare.create_revision(key) == revision
         timer = gevent.Timeout(max(0.001, deadline - time.monotonic()))
         try:
@@ -574,6 +576,10 @@ class Contender(Recipe[LockEvent]):
         self._lost = None
         self._give_back_lease(self._remaining())
         return outcome
+
+    def _release_is_local(self) -> bool:
+        """Nothing to send: the closing connector revoked the lease the key was on."""
+        return gone_with(self._conn, self._lease) and not self._cleaning
 
     def _held_text(self) -> str:
         return f"release {self.path.decode('utf-8', 'replace')}"

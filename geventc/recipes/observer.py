@@ -54,6 +54,8 @@ class WatchEvent:
 class Observer(Recipe[WatchEvent | Staleness]):
     """Delivers every change under ``path``; see the module docstring."""
 
+    _RELEASES_LOCALLY = True  # it holds nothing on the server
+
     def __init__(
         self,
         conn: RecipeHost,
