@@ -90,16 +90,20 @@ def _geventc(params: dict[str, Any], gateway: Gateway) -> dict[str, Any]:
         time.sleep(params["settle"])
         leases.stop()  # before the window: its polling would count as CPU at rest
         figures = _figures(params, create, (rss_before, rss_kib()))
-        transport = conn.client.transport
-        requests = transport.requests
+        transport, liveness = conn.client.transport, conn.client.liveness
+        requests, probes = transport.requests, liveness.probes
         cpu = CpuWindow()
         time.sleep(params["window"])
         cpu_percent = cpu.percent()
-        sent = transport.requests - requests
+        # the liveness probes (one per endpoint carrying watches, every keepalive_time)
+        # are counted apart: they do not grow with the keys either (see C3)
+        probed = liveness.probes - probes
+        sent = transport.requests - requests - probed
         ttls = {lease.ttl for lease in conn.lease_keeper.leases()}
         leases.ids.update(lease.id for lease in conn.lease_keeper.leases())
         figures.update(_troubles(keys), lease_ids=len(leases.ids))
         figures.update(
+            liveness_probes_per_s=round(probed / params["window"], 3),
             keepalive_requests=sent,
             keepalive_requests_per_s=round(sent / params["window"], 3),
             expected_requests_per_s=round(sum(3 / ttl for ttl in ttls), 3),
