@@ -52,6 +52,7 @@ from gevent.pool import Group
 from . import errors
 from .transport import Transport
 from .wire import JSON, as_list, as_object, unb64
+from .wire import header as wire_header
 
 TXN_MAX_OPS = 128  # etcd's default --max-txn-ops
 MAX_INFLIGHT = 2  # batches of each kind on their way at once
@@ -366,7 +367,7 @@ class Coalescer:
     @staticmethod
     def _hand_out(slots: list[_Slot], answer: JSON) -> None:
         try:
-            header = answer.get("header")
+            header = wire_header(answer)  # decoded once for every caller of the batch
             responses = as_list(answer.get("responses"))
             if len(responses) != len(slots):
                 raise ValueError(f"{len(responses)} responses for {len(slots)} operations")

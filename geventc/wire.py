@@ -312,8 +312,12 @@ class Version:
 
 
 def header(body: JSON) -> Header:
-    """Decode a ``ResponseHeader``."""
-    h = as_object(body.get("header"))
+    """Decode a ``ResponseHeader`` (one decoded already, as a coalesced batch hands its
+    one header to every caller, is taken as it is)."""
+    raw = body.get("header")
+    if isinstance(raw, Header):
+        return raw
+    h = as_object(raw)
     return Header(
         cluster_id=as_int(h.get("cluster_id")),
         member_id=as_int(h.get("member_id")),
