@@ -10,6 +10,7 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
+from helpers.waiting import wait_until
 
 from geventc import Client, Compare, Op
 from geventc.errors import ConnectionFailed, InvalidArgument, LeaseNotFound, Timeout
@@ -323,9 +324,10 @@ def test_a_caller_interrupted_while_its_batch_waits_is_never_applied(
 
     client.transport.call = held  # type: ignore[method-assign]
     first = [gevent.spawn(client.put, etcd.key(f"w{i}"), "x") for i in range(2 * 64)]
-    gevent.sleep(0.05)  # two batches in flight: the next batch waits for one of them
+    # two batches in flight: the next batch waits for one of them
+    wait_until(lambda: coalescer._inflight[True] == coalescer.max_inflight, 5, "two batches")
     waiting = [gevent.spawn(client.put, etcd.key(f"late{i}"), "x") for i in range(10)]
-    gevent.sleep(0.05)
+    wait_until(lambda: len(coalescer._waiting[True]) == 1, 5, "a waiting batch")
     for greenlet in waiting[:5]:
         greenlet.kill(Timeout("given up"), block=True)
     gate.set()
