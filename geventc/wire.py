@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,20 +24,36 @@ JSON = dict[str, Any]
 
 def b64(data: bytes) -> str:
     """Padded base64 text of ``data``, as the gateway expects bytes fields."""
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+if sys.version_info >= (3, 11):
+
+    def _b64decode(text: str) -> bytes:
+        """Strict base64 decoding (what ``b64decode(validate=True)`` checks, and no data
+        after the padding), without ``b64decode``'s regular-expression pass."""
+        return binascii.a2b_base64(text, strict_mode=True)
+
+else:  # pragma: no cover - Python 3.10
+
+    def _b64decode(text: str) -> bytes:
+        """Strict base64 decoding."""
+        return base64.b64decode(text, validate=True)
 
 
 def unb64(text: Any) -> bytes:
     """Bytes of a base64 field; an absent field (None) is empty."""
+    if text.__class__ is str:
+        return _b64decode(text)
     if text is None:
         return b""
-    if not isinstance(text, str):
-        raise ProtocolError(f"expected a base64 string, got {type(text).__name__}")
-    return base64.b64decode(text, validate=True)
+    raise ProtocolError(f"expected a base64 string, got {type(text).__name__}")
 
 
 def as_int(value: Any) -> int:
     """An int64 field: the gateway sends strings, absent means 0."""
+    if value.__class__ is str:
+        return int(value)
     if value is None:
         return 0
     if isinstance(value, bool):
@@ -308,6 +325,40 @@ class Version:
     cluster: str
 
 
+# --- fast construction -----------------------------------------------------------------
+
+
+def _constructor(cls: type[T]) -> Callable[..., T]:
+    """A positional constructor of the frozen, slotted dataclass ``cls`` that sets its
+    slots through their member descriptors: the generated ``__init__`` of a frozen
+    dataclass goes through ``object.__setattr__`` once per field, which costs about as
+    much as decoding the field (the answers of one coalesced batch build thousands of
+    these). Every field is passed, in declaration order; the object equals
+    ``cls(*values)``. Generated the way :mod:`dataclasses` generates ``__init__``."""
+    names = list(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    params = ", ".join(f"v{i}" for i in range(len(names)))
+    lines = [f"def make({params}):", "    obj = new(cls)"]
+    lines += [f"    s{i}(obj, v{i})" for i in range(len(names))]
+    lines.append("    return obj")
+    scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    scope.update((f"s{i}", getattr(cls, name).__set__) for i, name in enumerate(names))
+    exec("\n".join(lines), scope)  # built from the class's own field names only
+    make: Callable[..., T] = scope["make"]
+    make.__qualname__ = make.__name__ = f"new_{cls.__name__}"
+    make.__doc__ = f"A {cls.__name__} of every field, positionally."
+    return make
+
+
+_new_header = _constructor(Header)
+_new_key_value = _constructor(KeyValue)
+_new_range_result = _constructor(RangeResult)
+_new_put_result = _constructor(PutResult)
+_new_delete_result = _constructor(DeleteResult)
+_new_txn_result = _constructor(TxnResult)
+_new_event = _constructor(Event)
+_new_watch_response = _constructor(WatchResponse)
+
+
 # --- decoders --------------------------------------------------------------------------
 
 
@@ -315,29 +366,33 @@ def header(body: JSON) -> Header:
     """Decode a ``ResponseHeader`` (one decoded already, as a coalesced batch hands its
     one header to every caller, is taken as it is)."""
     raw = body.get("header")
-    if isinstance(raw, Header):
+    if raw.__class__ is Header:
         return raw
-    h = as_object(raw)
-    return Header(
-        cluster_id=as_int(h.get("cluster_id")),
-        member_id=as_int(h.get("member_id")),
-        revision=as_int(h.get("revision")),
-        raft_term=as_int(h.get("raft_term")),
+    get = as_object(raw).get
+    return _new_header(
+        as_int(get("cluster_id")),
+        as_int(get("member_id")),
+        as_int(get("revision")),
+        as_int(get("raft_term")),
     )
 
 
 def key_value(body: JSON) -> KeyValue:
     """Decode a ``mvccpb.KeyValue``."""
-    created, modified = body.get("create_revision"), body.get("mod_revision")
-    create_revision = as_int(created)
-    return KeyValue(
-        key=unb64(body.get("key")),
-        value=unb64(body.get("value")),
-        create_revision=create_revision,
+    get = body.get
+    key, value = get("key"), get("value")
+    created, modified = get("create_revision"), get("mod_revision")
+    version, lease = get("version"), get("lease")
+    # the usual shapes inline (this runs once per key of every answer), the rest checked
+    create_revision = int(created) if created.__class__ is str else as_int(created)
+    return _new_key_value(
+        _b64decode(key) if key.__class__ is str else unb64(key),
+        _b64decode(value) if value.__class__ is str else unb64(value),
+        create_revision,
         # one int object when equal: watch copies of many keys stay small
-        mod_revision=create_revision if modified == created else as_int(modified),
-        version=as_int(body.get("version")),
-        lease=as_int(body.get("lease")),
+        create_revision if modified == created else as_int(modified),
+        int(version) if version.__class__ is str else as_int(version),
+        0 if lease is None else as_int(lease),
     )
 
 
@@ -348,49 +403,56 @@ def optional_key_value(body: Any) -> KeyValue | None:
 
 def range_result(body: JSON) -> RangeResult:
     """Decode a ``RangeResponse``."""
-    return RangeResult(
-        header=header(body),
-        kvs=tuple(key_value(as_object(kv)) for kv in as_list(body.get("kvs"))),
-        count=as_int(body.get("count")),
-        more=as_bool(body.get("more")),
+    kvs = body.get("kvs")
+    return _new_range_result(
+        header(body),
+        ()
+        if kvs is None
+        else tuple(
+            [key_value(kv if kv.__class__ is dict else as_object(kv)) for kv in as_list(kvs)]
+        ),
+        as_int(body.get("count")),
+        as_bool(body.get("more")),
     )
 
 
 def put_result(body: JSON) -> PutResult:
     """Decode a ``PutResponse``."""
-    return PutResult(header=header(body), prev_kv=optional_key_value(body.get("prev_kv")))
+    prev = body.get("prev_kv")
+    return _new_put_result(header(body), None if prev is None else key_value(as_object(prev)))
 
 
 def delete_result(body: JSON) -> DeleteResult:
     """Decode a ``DeleteRangeResponse``."""
-    return DeleteResult(
-        header=header(body),
-        deleted=as_int(body.get("deleted")),
-        prev_kvs=tuple(key_value(as_object(kv)) for kv in as_list(body.get("prev_kvs"))),
+    prev = body.get("prev_kvs")
+    return _new_delete_result(
+        header(body),
+        as_int(body.get("deleted")),
+        () if prev is None else tuple([key_value(as_object(kv)) for kv in as_list(prev)]),
     )
-
-
-_TXN_RESPONSES: Mapping[str, Callable[[JSON], Any]] = {
-    "response_range": range_result,
-    "response_put": put_result,
-    "response_delete_range": delete_result,
-}
 
 
 def txn_result(body: JSON) -> TxnResult:
     """Decode a ``TxnResponse`` with its nested operation results."""
     responses: list[RangeResult | PutResult | DeleteResult | TxnResult] = []
     for item in as_list(body.get("responses")):
-        item = as_object(item)
-        for name, decoder in (*_TXN_RESPONSES.items(), ("response_txn", txn_result)):
-            if name in item:
-                responses.append(decoder(as_object(item[name])))
+        # a ResponseOp holds one of the four results (a oneof): its first known field
+        for name, value in as_object(item).items():
+            decoder = _TXN_RESPONSES.get(name)
+            if decoder is not None:
+                responses.append(decoder(as_object(value)))
                 break
         else:
-            raise ProtocolError(f"unknown txn response {sorted(item)}")
-    return TxnResult(
-        header=header(body), succeeded=as_bool(body.get("succeeded")), responses=tuple(responses)
-    )
+            raise ProtocolError(f"unknown txn response {sorted(as_object(item))}")
+    return _new_txn_result(header(body), as_bool(body.get("succeeded")), tuple(responses))
+
+
+_TXN_RESPONSES: Mapping[str, Callable[[JSON], Any]] = {
+    "response_range": range_result,
+    "response_put": put_result,
+    "response_delete_range": delete_result,
+    "response_txn": txn_result,
+}
 
 
 def lease(body: JSON) -> Lease:
@@ -415,24 +477,26 @@ def lease_ids(body: JSON) -> list[int]:
 
 def event(body: JSON) -> Event:
     """Decode a ``mvccpb.Event`` (absent ``type`` is PUT)."""
-    kind = as_str(body.get("type")) or "PUT"
-    return Event(
-        type=EventType(kind),
-        kv=key_value(as_object(body.get("kv"))),
-        prev_kv=optional_key_value(body.get("prev_kv")),
+    kind = body.get("type")
+    prev = body.get("prev_kv")
+    return _new_event(
+        EventType.PUT if kind is None else EventType(as_str(kind) or "PUT"),
+        key_value(as_object(body.get("kv"))),
+        None if prev is None else key_value(as_object(prev)),
     )
 
 
 def watch_response(body: JSON) -> WatchResponse:
     """Decode a ``WatchResponse`` (the ``result`` of one stream message)."""
-    return WatchResponse(
-        header=header(body),
-        events=tuple(event(as_object(e)) for e in as_list(body.get("events"))),
-        created=as_bool(body.get("created")),
-        canceled=as_bool(body.get("canceled")),
-        compact_revision=as_int(body.get("compact_revision")),
-        cancel_reason=as_str(body.get("cancel_reason")),
-        fragment=as_bool(body.get("fragment")),
+    events = body.get("events")
+    return _new_watch_response(
+        header(body),
+        () if events is None else tuple([event(as_object(e)) for e in as_list(events)]),
+        as_bool(body.get("created")),
+        as_bool(body.get("canceled")),
+        as_int(body.get("compact_revision")),
+        as_str(body.get("cancel_reason")),
+        as_bool(body.get("fragment")),
     )
 
 

@@ -47,6 +47,74 @@ def test_malformed_answer_is_a_protocol_error() -> None:
         wire.decode("range", wire.range_result, ["not", "an", "object"])
 
 
+@pytest.mark.parametrize(
+    "kv",
+    [
+        {"key": "L2E=", "value": 5},
+        {"key": "L2E", "value": ""},  # padding missing
+        {"key": "L2E=L2E=", "value": ""},  # data after the padding
+        {"key": "L2E*", "value": ""},  # outside the alphabet
+        {"key": "L2E=", "create_revision": True},
+        {"key": "L2E=", "version": 1.5},
+        {"key": "L2E=", "lease": "x"},
+    ],
+)
+def test_malformed_key_values_are_protocol_errors(kv: dict[str, object]) -> None:
+    """The inlined fast path of the key decoder checks what the general one checks."""
+    with pytest.raises(errors.ProtocolError):
+        wire.decode("range", wire.range_result, {"kvs": [kv]})
+    with pytest.raises(errors.ProtocolError):
+        wire.decode("watch", wire.watch_response, {"events": [{"kv": kv}]})
+
+
+def test_decoded_results_equal_their_dataclasses_built_by_keyword() -> None:
+    """The decoders build results without the frozen ``__init__``: the objects must be
+    the same dataclasses, equal to (and hashing as) ones built the ordinary way."""
+    header = wire.Header(cluster_id=1, member_id=2, revision=9, raft_term=3)
+    raw_header = {"cluster_id": "1", "member_id": "2", "revision": "9", "raft_term": "3"}
+    raw_kv = {
+        "key": "L2E=",
+        "value": "dg==",
+        "create_revision": "4",
+        "mod_revision": "9",
+        "version": "2",
+        "lease": "77",
+    }
+    kv = wire.KeyValue(b"/a", b"v", create_revision=4, mod_revision=9, version=2, lease=77)
+    got = wire.range_result({"header": raw_header, "kvs": [raw_kv], "count": "1"})
+    assert got == wire.RangeResult(header=header, kvs=(kv,), count=1, more=False)
+    assert type(got) is wire.RangeResult and type(got.kvs[0]) is wire.KeyValue
+    assert hash(got.kvs[0]) == hash(kv) and got.kvs[0].value_str == "v"
+    with pytest.raises(AttributeError):  # still frozen
+        got.kvs[0].value = b"w"  # type: ignore[misc]
+    txn = wire.txn_result(
+        {
+            "header": raw_header,
+            "succeeded": True,
+            "responses": [
+                {"response_put": {"header": raw_header, "prev_kv": raw_kv}},
+                {"response_delete_range": {"header": raw_header, "deleted": "1"}},
+                {"response_txn": {"header": raw_header, "responses": []}},
+            ],
+        }
+    )
+    assert txn == wire.TxnResult(
+        header=header,
+        succeeded=True,
+        responses=(
+            wire.PutResult(header=header, prev_kv=kv),
+            wire.DeleteResult(header=header, deleted=1),
+            wire.TxnResult(header=header),
+        ),
+    )
+    watch = wire.watch_response(
+        {"header": raw_header, "events": [{"type": "DELETE", "kv": raw_kv, "prev_kv": raw_kv}]}
+    )
+    assert watch.events == (wire.Event(type=wire.EventType.DELETE, kv=kv, prev_kv=kv),)
+    with pytest.raises(errors.ProtocolError):
+        wire.decode("txn", wire.txn_result, {"responses": [{"response_other": {}}]})
+
+
 def test_progress_notify_detection() -> None:
     note = wire.watch_response({"header": {"revision": "12"}})
     assert note.is_progress_notify
