@@ -448,3 +448,40 @@ def test_a_lease_lost_inside_is_reported_and_leave_goes_on(
     assert conn.get_prefix("/db/waiters/").kvs == ()
     inside.stop()
     partner.stop()
+
+
+def test_a_stop_while_the_waiter_key_is_being_created_never_reports_it_deleted(
+    conn: geventc.Connector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() while enter()'s create of the waiter key is under way (etcd applied it, its
+    answer is not back yet), on a lease another recipe keeps alive: the key must not stay
+    behind a confirmed release. Found reading ``_release``: it saw no key yet, gave the
+    lease share back and said confirmed; the key then lived as long as the lease."""
+    kept = conn.ephemeral_key("/keep")
+    kept.create("v", ttl=10)  # keeps the shared lease alive: the key would never expire
+    barrier = DoubleBarrier(conn, "/barrier", 2, ttl=10)
+    created, answer = gevent.event.Event(), gevent.event.Event()
+    real = conn.txn
+
+    def txn(compare: object = (), success: object = (), failure: object = ()) -> object:
+        result = real(compare, success, failure)  # type: ignore[arg-type]
+        puts = [op for op in success if op.kind == "request_put"]  # type: ignore[attr-defined]
+        if puts and not created.is_set():  # the waiter key's create: hold its answer back
+            created.set()
+            answer.wait(10)
+        return result
+
+    monkeypatch.setattr(conn, "txn", txn)
+    entering = gevent.spawn(barrier.enter)
+    assert created.wait(5) and conn.get_prefix("/barrier/waiters/").kvs
+    release = barrier.stop()
+    if release:  # said deleted: then nothing may be left
+        assert not conn.get_prefix("/barrier/").kvs, f"{release!r} with the key still there"
+    else:
+        assert "under way" in release.detail and release.expires_in is None
+    answer.set()
+    with pytest.raises(RecipeStateError, match="stopped"):
+        entering.get(timeout=5)
+    wait_until(lambda: not conn.get_prefix("/barrier/").kvs, 5, "the waiter key to go")
+    wait_until(lambda: conn.lease_keeper.leases()[0].holders == 1, 5, "the share given back")
+    assert conn.get("/keep") is not None

@@ -224,6 +224,8 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
         "_key_revision",
         "_lease",
         "_leftover",
+        "_orphaned",
+        "_pending",
         "_phase",
         "_ready_put",
         "_suspended",
@@ -248,6 +250,8 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
         self._key_lost = False  # its lease was lost: the key is gone
         self._suspended = False
         self._leftover: float | None = None
+        self._pending = b""  # a waiter key whose create is under way
+        self._orphaned: KeptLease | None = None  # the share stop() left to that create
         self._ready_put = 0  # the newest revision the watch saw ready put at
 
     def __repr__(self) -> str:
@@ -396,19 +400,38 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
     def _put_unique_key(self, lease_id: int) -> None:
         while True:
             key = self._waiters + b"/" + str(time.time_ns()).encode()
-            # reading the waiters in the same txn keeps a coalescing client from giving
-            # two participants one revision: Go's Leave orders them by it
-            result = self._conn.txn(
-                [Compare.version(key) == 0],
-                [
-                    Op.put(key, b"", lease=lease_id),
-                    Op.get(self._waiters, prefix=True, count_only=True),
-                ],
-            )
-            if result.succeeded:
+            self._pending = key
+            created: bool | None = None  # None: etcd's answer is not known
+            try:
+                # reading the waiters in the same txn keeps a coalescing client from
+                # giving two participants one revision: Go's Leave orders them by it
+                result = self._conn.txn(
+                    [Compare.version(key) == 0],
+                    [
+                        Op.put(key, b"", lease=lease_id),
+                        Op.get(self._waiters, prefix=True, count_only=True),
+                    ],
+                )
+                created = result.succeeded
+            finally:
+                self._pending = b""
+                if self._orphaned is not None:  # stopped meanwhile: the key is ours to go
+                    self._let_go_of_created(key, lease_id, created)
+            if created:
                 break
         self._key, self._key_revision, self._key_lease = key, result.header.revision, lease_id
         self._key_deleted = self._key_lost = False
+
+    def _let_go_of_created(self, key: bytes, lease_id: int, created: bool | None) -> None:
+        """stop() ran while ``key`` was being created and left its lease share to this
+        create: give it back with the key (unless etcd said it was not created) deleted
+        first, in the background until etcd confirms (:func:`let_go`)."""
+        lease, self._orphaned = self._orphaned, None
+        assert lease is not None
+        doomed = {} if created is False else {key: Compare.lease(key) == lease_id}
+        self._leftover = let_go(self._conn, lease, self._on_lease, doomed, owner=self)
+        if created is not None:  # stopped before it got in: enter() says so
+            raise RecipeStateError(f"{self!r} was stopped while it waited to enter")
 
     def _still_running(self, what: str) -> None:
         if not self._running:
@@ -570,6 +593,13 @@ class DoubleBarrier(Recipe[DoubleBarrierEvent]):
         self._phase = _Phase.IDLE
         if lease is None:
             return None
+        if self._pending and not self._conn.closing:
+            # enter()'s create is under way: it lets go of the key and the share once
+            # etcd answered (a closing connector revokes the lease: nothing to wait for)
+            self._orphaned = lease
+            return unconfirmed(
+                self._held_text(), None, "its create was under way when the barrier stopped"
+            )
         mine = bool(key) and not self._conn.closing  # closing revokes the lease
         doomed = {key: Compare.lease(key) == key_lease} if mine else {}
         try:
