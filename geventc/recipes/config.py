@@ -100,9 +100,7 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
         maxsize: int | None = None,
     ) -> None:
         super().__init__(conn)
-        self.maxsize = (
-            None if maxsize is None else validate.integer(maxsize, "maxsize", minimum=1)
-        )
+        self.maxsize = None if maxsize is None else validate.integer(maxsize, "maxsize", minimum=1)
         if decode is not None and not callable(decode):
             raise InvalidArgument("decode must be a callable taking bytes, or None (UTF-8 text)")
         path = conn.namespace.strip(conn.namespace.key(prefix, "prefix")).rstrip(b"/")
@@ -209,9 +207,7 @@ class ConfigWatcher(Recipe[ConfigChange | Staleness], Mapping[str, Any]):
 
     def _start(self) -> None:
         self._begin(maxsize=self.maxsize)  # a second start() raises here, changing nothing
-        self._watch = self._conn.hub.subscribe(
-            self._prefix, self._on_update, read_your_writes=True
-        )
+        self._watch = self._conn.hub.subscribe(self._prefix, self._on_update, read_your_writes=True)
         self._await_first_state()
 
     def changes(self) -> Channel[ConfigChange | Staleness | RecipeError]:

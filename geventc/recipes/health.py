@@ -95,9 +95,7 @@ class HealthMonitor(Recipe[ClusterHealth]):
         try:
             members = self._list_members(timeout)
         except EtcdError as exc:
-            down = tuple(
-                MemberHealth(e, e, False, error=str(exc)) for e in self._conn.endpoints
-            )
+            down = tuple(MemberHealth(e, e, False, error=str(exc)) for e in self._conn.endpoints)
             return ClusterHealth(ClusterStatus.UNHEALTHY, down)
         checks = [self._greenlets.spawn(self._member, name, url, timeout) for name, url in members]
         gevent.joinall(checks)
