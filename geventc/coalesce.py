@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
-import gevent.event
+from gevent.hub import Waiter, get_hub
 from gevent.pool import Group
 
 from . import errors
@@ -147,25 +147,61 @@ class _Footprint:
 class _Slot:
     """One caller's operation in a batch and, once sent, its outcome."""
 
-    __slots__ = ("answer", "done", "error", "op", "retry_alone", "sent", "withdrawn")
+    __slots__ = (
+        "answer",
+        "error",
+        "finished",
+        "op",
+        "retry_alone",
+        "sent",
+        "waiter",
+        "withdrawn",
+    )
 
     def __init__(self, op: JSON) -> None:
         self.op = op
-        self.done = gevent.event.Event()
+        self.waiter: Waiter[Any] = Waiter()  # its caller waits here for the outcome
+        self.finished = False  # the outcome is known
         self.answer: JSON | None = None
         self.error: BaseException | None = None
         self.retry_alone = False
         self.sent = False  # on its way: its caller can no longer take it back
         self.withdrawn = False  # its caller was interrupted before it was sent
 
+    def wait(self) -> None:
+        """Block until the outcome is known (:func:`_wake` switches back here)."""
+        if not self.finished:
+            self.waiter.get()
+
+
+def _wake(slots: list[_Slot]) -> None:
+    """Resume the callers of ``slots``, whose outcomes are known, at the event loop's
+    next turn (a zero timer): ahead of greenlets that are merely ready to run (a
+    process that just spawned thousands of them would otherwise let the answered ones
+    wait behind all of them, past their deadlines), and without a loop callback each."""
+    for slot in slots:
+        slot.finished = True
+    loop = get_hub().loop
+    timer = loop.timer(0)
+
+    def resume() -> None:
+        timer.close()
+        for slot in slots:
+            if slot.waiter.greenlet is not None:
+                slot.waiter.switch(None)
+
+    timer.start(resume)
+
 
 class _Batch:
     """Operations gathered during one turn of the event loop."""
 
-    __slots__ = ("depth", "footprint", "size", "slots", "write")
+    __slots__ = ("depth", "dispatched", "footprint", "queued", "size", "slots", "write")
 
     def __init__(self, write: bool) -> None:
         self.write = write
+        self.dispatched = False  # handed to senders (or to its lone caller)
+        self.queued = False  # in the waiting deque
         self.slots: list[_Slot] = []
         self.footprint = _Footprint()  # the keys touched (write batches only)
         self.size = 0
@@ -253,7 +289,9 @@ class Coalescer:
         batch.size += size
         batch.depth = max(batch.depth, depth)
         if len(batch.slots) + batch.depth >= self.max_ops and self._open[write] is batch:
-            self._open[write] = None
+            self._open[write] = None  # full: sent now, not when its leader runs again
+            if not leader:
+                self._dispatch(batch, soon=True)
         if leader:
             return self._lead(batch, slot)
         return self._follow(batch, slot)
@@ -280,20 +318,29 @@ class Coalescer:
         try:
             gevent.sleep(0)  # every greenlet ready to run now may join the batch
         except BaseException:
-            batch.slots.remove(slot)  # interrupted before sending: never applied
+            self._withdraw(batch, slot)
             self._dispatch(batch)
             raise
         self._dispatch(batch)
         return self._follow(batch, slot)
 
-    def _dispatch(self, batch: _Batch) -> None:
+    def _dispatch(self, batch: _Batch, *, soon: bool = False) -> None:
         """Close ``batch`` and send it, or tell a lone caller to send its own request;
-        a batch that finds ``max_inflight`` batches on their way waits for one."""
+        a batch that finds ``max_inflight`` batches on their way waits for one (and
+        keeps gathering meanwhile). Idempotent: a batch is handed over once.
+
+        ``soon``: the batch filled up while its leader waits for its turn, maybe behind
+        thousands of greenlets ready to run; its senders start at the loop's next turn
+        (a timer) instead of behind all of them, so etcd works while they run."""
+        if batch.dispatched:
+            return
         write = batch.write
         if len(batch.slots) > 1 and self._inflight[write] >= self.max_inflight:
-            if batch not in self._waiting[write]:
-                self._waiting[write].append(batch)  # still open: it keeps gathering
+            if not batch.queued:
+                batch.queued = True
+                self._waiting[write].append(batch)
             return
+        batch.dispatched = True
         if self._open[write] is batch:
             self._open[write] = None
         if len(batch.slots) > 1:
@@ -303,23 +350,37 @@ class Coalescer:
             step = -(-len(slots) // parts)
             for start in range(0, len(slots), step):
                 self._inflight[write] += 1
-                self._group.spawn(self._send, slots[start : start + step], write)
+                if soon:
+                    sender: gevent.Greenlet[..., Any] = gevent.Greenlet(
+                        self._send, slots[start : start + step], write
+                    )
+                    self._group.add(sender)
+                    sender.start_later(0)
+                else:
+                    self._group.spawn(self._send, slots[start : start + step], write)
         elif batch.slots:
             batch.slots[0].retry_alone = True
-            batch.slots[0].done.set()
+            _wake(batch.slots)
+
+    def _withdraw(self, batch: _Batch, slot: _Slot) -> None:
+        """Take back the operation of a caller interrupted before it was sent (it is
+        then never applied); once sent, it stays on its way."""
+        if slot.sent:
+            return
+        slot.withdrawn = True
+        if not batch.dispatched and slot in batch.slots:
+            batch.slots.remove(slot)
+        if not batch.slots and batch.queued and batch in self._waiting[batch.write]:
+            self._waiting[batch.write].remove(batch)
+            batch.dispatched = True  # nothing left to send
+            if self._open[batch.write] is batch:
+                self._open[batch.write] = None
 
     def _follow(self, batch: _Batch, slot: _Slot) -> JSON | None:
         try:
-            slot.done.wait()
+            slot.wait()
         except BaseException:
-            if not slot.sent:  # interrupted before sending: never applied
-                slot.withdrawn = True
-                if slot in batch.slots:
-                    batch.slots.remove(slot)
-                if not batch.slots and batch in self._waiting[batch.write]:
-                    self._waiting[batch.write].remove(batch)
-                    if self._open[batch.write] is batch:
-                        self._open[batch.write] = None
+            self._withdraw(batch, slot)  # interrupted before sending: never applied
             raise
         if slot.error is not None:
             raise copy.copy(slot.error)
@@ -357,12 +418,11 @@ class Coalescer:
                 slot.retry_alone = failure is None
             raise
         finally:
-            for slot in slots:
-                slot.done.set()
             self._inflight[write] -= 1
             waiting = self._waiting[write]
             while waiting and self._inflight[write] < self.max_inflight:
-                self._dispatch(waiting.popleft())
+                self._dispatch(waiting.popleft())  # its sender runs before the wake-ups
+            _wake(slots)
 
     @staticmethod
     def _hand_out(slots: list[_Slot], answer: JSON) -> None:

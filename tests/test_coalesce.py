@@ -372,3 +372,38 @@ def test_the_footprint_of_a_batch_agrees_with_pairwise_overlap() -> None:
             added.append(touched)
         asked = span(rng)
         assert footprint.overlaps(asked) == any(overlap(asked, a) for a in added)
+
+
+def test_a_full_batch_is_sent_before_the_greenlets_ready_after_it_have_run(
+    etcd: EtcdTestContext,
+) -> None:
+    # thousands of greenlets spawned at once: a batch that filled up goes to etcd at
+    # the loop's next turn, not once every greenlet spawned after it has run (its
+    # leader's turn comes only then)
+    import time
+
+    client = etcd.client()
+    coalescer = client.coalescer
+    assert coalescer is not None
+    sent: list[str] = []
+    call = client.transport.call
+
+    def recorded(path: str, body: Any, **options: Any) -> Any:
+        sent.append(path)
+        return call(path, body, **options)
+
+    client.transport.call = recorded  # type: ignore[method-assign]
+    puts = [gevent.spawn(client.put, etcd.key(f"full/{i}"), "x") for i in range(130)]
+    seen: list[bool] = []
+
+    def busy() -> None:  # a greenlet with work of its own, ready to run meanwhile
+        spin = time.perf_counter() + 0.0001
+        while time.perf_counter() < spin:
+            pass
+        seen.append("/v3/kv/txn" in sent)
+
+    others = [gevent.spawn(busy) for _ in range(1000)]
+    gevent.joinall([*puts, *others], raise_error=True, timeout=30)
+    assert any(seen), "the full batch waited for every ready greenlet"
+    assert all(g.value.header.revision > 0 for g in puts)
+    assert client.get_prefix(etcd.key("full/"), count_only=True).count == 130

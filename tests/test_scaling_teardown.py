@@ -52,6 +52,8 @@ def test_close_with_many_keys_and_trackers_sends_one_revoke_and_no_deletion(
     gevent.joinall([gevent.spawn(key.create, "v", ttl=10) for key in keys], raise_error=True)
     trackers = [conn.service_tracker(f"/svc/s{i % 10}") for i in range(300)]
     channels = [tracker.start() for tracker in trackers]
+    for channel in channels:  # every tracker follows its path: its watch stream is open
+        assert channel.get(timeout=10).services
     (lease,) = conn.lease_keeper.leases()
     lease_id = lease.id
     assert lease.holders == 300 and not lease.revoked
