@@ -20,7 +20,8 @@ at ``/metrics``, minus what was open before); RSS before and after (VmRSS after
 ``gc.collect()``); CPU at rest over ``window`` seconds; then ``rounds`` times a put to one
 service (a plain urllib3 write, the same for everyone) and the time until the *last*
 subscriber of that service has delivered the new value, and ``fanout_rounds`` times one
-txn touching every service and the time until all ``n`` subscribers have it.
+txn touching every service and the time until all ``n`` subscribers have it (and
+the CPU time this process spent meanwhile, ``every_service_cpu_ms``, the median).
 
 Run through the suite: ``python benchmarks/run.py``; :data:`SECTIONS` is its part of the
 report.
@@ -36,7 +37,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from benchmarks import report
-from benchmarks.common import CpuWindow, Gateway, b64, for_each, instance_value, latency_ms
+from benchmarks.common import (
+    CpuWindow,
+    Gateway,
+    b64,
+    for_each,
+    instance_value,
+    latency_ms,
+    median,
+)
 from benchmarks.common import rss_kib as rss
 from benchmarks.peers import Peer, WatchEvent, make_peer
 from benchmarks.report import figure, fmt, joined, latency, per_impl, versus
@@ -62,6 +71,7 @@ class Deliveries:
         self.pending = 0
         self.done = threading.Event()
         self.finished_at = 0.0
+        self.finished_cpu = 0.0  # process CPU time when the last subscriber had it
 
     def arm(self, services: list[int], token: str) -> None:
         """Expect ``token`` from every subscriber of ``services``."""
@@ -78,7 +88,9 @@ class Deliveries:
         token = self.token[self.service_of[index]]
         if token and self.got[index] != token and snapshot.get(NEW) == token:
             self.got[index] = token
-            self._one_delivered()
+            self.pending -= 1  # inline: once per subscriber and change
+            if not self.pending:
+                self.finish()
 
     def deliver_shared(self, service: int, first: bool, snapshot: Mapping[str, str]) -> None:
         """One subscriber of ``service`` delivered ``snapshot`` (a tracker of a shared
@@ -88,18 +100,20 @@ class Deliveries:
             self._one_synced()
         token = self.token[service]
         if token and snapshot.get(NEW) == token:
-            self._one_delivered()
+            self.pending -= 1  # inline: once per subscriber and change
+            if not self.pending:
+                self.finish()
 
     def _one_synced(self) -> None:
         self.unsynced -= 1
         if not self.unsynced:
             self.all_synced.set()
 
-    def _one_delivered(self) -> None:
-        self.pending -= 1
-        if not self.pending:
-            self.finished_at = time.perf_counter()
-            self.done.set()
+    def finish(self) -> None:
+        """Every subscriber armed for has delivered the token."""
+        self.finished_at = time.perf_counter()
+        self.finished_cpu = time.process_time()
+        self.done.set()
 
 
 def trackers(impl: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +150,7 @@ SHARED_FIGURES = (
     "cpu_us_per_delivery",
     "one_service",
     "every_service",
+    "every_service_cpu_ms",
     "teardown_s",
 )
 
@@ -179,18 +194,26 @@ class _GeventcSubscribers:
 
         def consume(index: int, channel: Any) -> None:
             for item in channel:
-                if isinstance(item, ServiceSnapshot) and item.error is None:
+                if type(item) is ServiceSnapshot and item.error is None:
                     deliveries.deliver(index, item.services)
 
         def consume_shared() -> None:
             service_of = {f"{prefix}svc{s}": s for s in range(self.params["services"])}
             unseen = Counter(deliveries.service_of)  # trackers yet to deliver a first state
-            for item in shared:
-                if isinstance(item, ServiceSnapshot) and item.error is None:
-                    service = service_of[item.path]
-                    first = unseen[service] > 0
-                    unseen[service] -= first
-                    deliveries.deliver_shared(service, first, item.services)
+            tokens = deliveries.token
+            for item in shared:  # Deliveries.deliver_shared inline: the loop is measured
+                if type(item) is not ServiceSnapshot or item.error is not None:
+                    continue
+                service = service_of[item.path]
+                if deliveries.unsynced and unseen[service] > 0:  # a first state
+                    unseen[service] -= 1
+                    deliveries.deliver_shared(service, True, item.services)
+                    continue
+                token = tokens[service]
+                if token and item.services.get(NEW) == token:
+                    deliveries.pending -= 1
+                    if not deliveries.pending:
+                        deliveries.finish()
 
         if shared is not None:
             gevent.spawn(consume_shared)
@@ -269,8 +292,9 @@ def _measure(
         ]
         cpu_per_delivery = cpu.cpu_seconds() / max(1, sum(not math.isnan(x) for x in one))
         every = list(range(services))
+        fanout_cpu: list[float] = []
         fanout = [
-            _round(gateway, deliveries, params, every, f"f{r}")
+            _round(gateway, deliveries, params, every, f"f{r}", fanout_cpu)
             for r in range(params["fanout_rounds"])
         ]
         figures = {
@@ -292,6 +316,7 @@ def _measure(
             "cpu_us_per_delivery": round(cpu_per_delivery * 1e6 / max(1, n // services), 1),
             "one_service": _latencies(one),
             "every_service": _latencies(fanout),
+            "every_service_cpu_ms": round(median(fanout_cpu) * 1000, 2),
         }
     finally:
         closing = time.perf_counter()
@@ -306,17 +331,22 @@ def _round(
     params: dict[str, Any],
     services: list[int],
     token: str,
+    cpu: list[float] | None = None,
 ) -> float:
-    """Write ``token`` to ``services``; seconds until their last subscriber had it."""
+    """Write ``token`` to ``services``; seconds until their last subscriber had it
+    (and, into ``cpu``, the CPU seconds this process spent meanwhile: the write's
+    request, then receiving, decoding and delivering the change)."""
     deliveries.arm(services, token)
     ops = [
         {"request_put": {"key": b64(f"{params['prefix']}svc{s}/{NEW}"), "value": b64(token)}}
         for s in services
     ]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     gateway.post("/v3/kv/txn", {"success": ops})
     if not deliveries.done.wait(WAIT):
         return math.nan
+    if cpu is not None:
+        cpu.append(deliveries.finished_cpu - cpu_started)
     return deliveries.finished_at - started
 
 
@@ -403,6 +433,9 @@ SECTIONS = (
                 report.Column(
                     "txn to every service → last of all p50 / p99 ms", latency("every_service")
                 ),
+                report.Column(
+                    "client CPU ms per such txn", figure("every_service_cpu_ms", 1, spread=True)
+                ),
                 report.Column("geventc ÷ this: p99", versus("one_service.p99_ms")),
             ),
             _geventc_only(
@@ -418,6 +451,10 @@ SECTIONS = (
                 report.Column(
                     "txn to every service → last of all p50 / p99 ms",
                     latency("shared_channel.every_service"),
+                ),
+                report.Column(
+                    "client CPU ms per such txn",
+                    figure("shared_channel.every_service_cpu_ms", 1, spread=True),
                 ),
                 report.Column("close s", figure("shared_channel.teardown_s", 2)),
                 heading=(

@@ -12,7 +12,10 @@ event put before the close and then ends. Putting never blocks the recipe's gree
   of each source (``put(item, source=...)``; a recipe puts with itself as the source),
   in the order the sources first had something pending. A slow consumer reads each
   source's current state once, never a backlog, and one greenlet wakes up for all of
-  them instead of one per recipe.
+  them instead of one per recipe. Recipes that always hand out the same item together
+  (the trackers of one path) put it as a *group* (:meth:`Channel.put_group`): one entry
+  for all of them, so a change costs the channel the same whether 1 or 1,000 recipes
+  share it.
 
 ``get(timeout=...)`` raises :class:`~geventc.errors.ChannelTimeout` (a
 :class:`~geventc.errors.Timeout`, so an ``Exception``) when nothing came in time, and
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from gevent import Timeout
@@ -34,12 +37,37 @@ from .errors import ChannelClosed, ChannelTimeout, InvalidArgument
 T = TypeVar("T")
 log = logging.getLogger("geventc")
 
+#: readers woken by one loop callback in :meth:`Channel.put_each`: few enough that the
+#: loop still polls its sockets and timers every few dozen readers' turns
+_WAKE_BATCH = 32
+
+
+_TAKEN_OVER = object()  # see Channel.regroup
+
+
+class _Group:
+    """The item pending for the members of one group, and for how many of them."""
+
+    __slots__ = ("count", "item")
+
+    def __init__(self, item: Any, count: int) -> None:
+        self.item = item
+        self.count = count
+
+
+def _switch_each(waiters: list[Waiter[Any]]) -> None:
+    """Wake ``waiters`` one after the other (a loop callback: each runs until it waits
+    again, then the next)."""
+    for waiter in waiters:
+        waiter.switch(None)
+
 
 class Channel(Generic[T]):
     """A closable, never-blocking queue of recipe events; iterate it to consume."""
 
     __slots__ = (
         "_closed",
+        "_grouped",
         "_items",
         "_latest",
         "_latest_only",
@@ -69,8 +97,13 @@ class Channel(Generic[T]):
         #: the readers waiting for an item; a put wakes the first (a greenlet switch,
         #: no Event: 10,000 channels wake their readers twice as fast)
         self._waiters: deque[Waiter[Any]] | None = None
-        #: per-source mode: source -> its newest pending item (None: not that mode)
-        self._latest: dict[object, T] | None = {} if latest_per_source else None
+        #: per-source mode: source -> its newest pending item, or group key -> its
+        #: :class:`_Group` (None: not that mode)
+        self._latest: dict[object, Any] | None = {} if latest_per_source else None
+        #: per-source mode: the pending items minus the places in ``_items`` (a group
+        #: holds one place for all its items; a place whose item a group took over,
+        #: see :meth:`regroup`, holds none until the reader passes it)
+        self._grouped = 0
         self._maxsize = 1 if latest_only else maxsize
         self._latest_only = latest_only
         self._closed = False
@@ -86,14 +119,35 @@ class Channel(Generic[T]):
         return self._closed
 
     def __len__(self) -> int:
-        return len(self._items) if self._items else 0
+        return len(self._items) + self._grouped if self._items else 0
 
     def put(self, item: T, *, source: object = None) -> None:
         """Add an event; never blocks. Ignored once the channel is closed. On a
         ``latest_per_source`` channel it replaces what ``source`` still had pending (an
         item without a source is kept on its own)."""
+        if self._add(item, source) and self._waiters:
+            self._wake_one()
+
+    @staticmethod
+    def put_each(item: T, channels: Mapping[Any, Channel[T]]) -> None:
+        """:meth:`put` of ``item`` into each of ``channels`` (source -> its channel):
+        many recipes with a channel each handing out the same snapshot. Their waiting
+        readers are woken in the same order as by one put each, but a few dozen by one
+        loop callback instead of a callback each."""
+        woken: list[Waiter[Any]] = []
+        for source, channel in channels.items():
+            if channel._add(item, source) and channel._waiters:
+                woken.append(channel._waiters.popleft())
+                if len(woken) >= _WAKE_BATCH:
+                    get_hub().loop.run_callback(_switch_each, woken)
+                    woken = []
+        if woken:
+            get_hub().loop.run_callback(_switch_each, woken)
+
+    def _add(self, item: T, source: object) -> bool:
+        """Add ``item`` (see :meth:`put`) without waking a reader; False when closed."""
         if self._closed:
-            return
+            return False
         items = self._items
         if items is None:
             items = self._items = deque()
@@ -111,8 +165,7 @@ class Channel(Generic[T]):
                     self.dropped += 1
                     log.warning("channel full: dropped its oldest event (%d so far)", self.dropped)
             items.append(item)
-        if self._waiters:
-            self._wake_one()
+        return True
 
     def put_many(self, item: T, sources: Iterable[object]) -> None:
         """:meth:`put` of ``item`` once for each of ``sources``, with one wake-up of the
@@ -127,12 +180,65 @@ class Channel(Generic[T]):
         items = self._items
         if items is None:
             items = self._items = deque()
-        for source in sources:
-            if source not in latest:
-                items.append(source)
-            latest[source] = item
+        fresh = dict.fromkeys(sources, item)  # in order, each source once
+        if not latest or latest.keys().isdisjoint(fresh):
+            # none of them pending (a reader keeping up): in bulk, no loop per source
+            items.extend(fresh)
+            latest.update(fresh)
+        else:
+            for source in fresh:
+                if source not in latest:
+                    items.append(source)
+                latest[source] = item
         if self._waiters:
             self._wake_one()
+
+    def put_group(self, item: T, group: object, members: Collection[object]) -> None:
+        """:meth:`put` of ``item`` for each of ``members``, recipes that always hand out
+        the same item together, known as ``group`` (a key of the caller's: the same
+        object for the same recipes). On a ``latest_per_source`` channel it costs the
+        same for any number of members: the group's pending items (one per member,
+        all the same) are replaced, keeping the group's place, so each member's newest
+        item is pending once. Members that changed since the group's last put: the
+        count is that of ``members`` now. One wake-up of the reader. On another kind
+        of channel it is one put for each member."""
+        latest = self._latest
+        if latest is None:
+            for member in members:
+                self.put(item, source=member)
+            return
+        size = len(members)
+        if self._closed or not size:
+            return
+        pending = latest.get(group)
+        if pending is None:
+            items = self._items
+            if items is None:
+                items = self._items = deque()
+            items.append(group)
+            latest[group] = _Group(item, size)
+            self._grouped += size - 1
+        elif type(pending) is _Group:
+            self._grouped += size - pending.count
+            pending.item, pending.count = item, size
+        else:
+            raise InvalidArgument("a group's key must not also be put as a source")
+        if self._waiters:
+            self._wake_one()
+
+    def regroup(self, source: object, group: object) -> None:
+        """``source`` now hands out its items with ``group`` (:meth:`put_group`), whose
+        item is at least as new as its own (it joins once its state is the group's).
+        If both have an item pending, the group's stands for the source's too: the
+        source's newest item stays pending once, at the group's place, and no older
+        item of it is read after a newer one."""
+        latest = self._latest
+        if latest is None:
+            return
+        entry = latest.get(group)
+        if type(entry) is _Group and type(latest.get(source, entry)) is not _Group:
+            del latest[source]  # its place in _items holds nothing now
+            entry.count += 1
 
     def _wake_one(self) -> None:
         """Wake the first waiting reader (it runs once this greenlet yields)."""
@@ -154,7 +260,7 @@ class Channel(Generic[T]):
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout
         ):
             raise InvalidArgument(f"timeout must be a number of seconds or None, not {timeout!r}")
-        while not self._items:
+        while not (self._items and self._front()):
             if self._closed:
                 raise ChannelClosed("the channel is closed")
             self._wait(timeout)
@@ -170,39 +276,100 @@ class Channel(Generic[T]):
             waiters = self._waiters = deque()
         waiter: Waiter[Any] = Waiter()
         waiters.append(waiter)
-        woken = False
         try:
             if timeout is None:
                 waiter.get()
             else:
                 with Timeout(timeout, ChannelTimeout(f"no event within {timeout}s")):
                     waiter.get()
-            woken = True
-        finally:
-            if waiter in waiters:
-                waiters.remove(waiter)  # timed out or killed while waiting
-            elif not woken and waiters and (self._items or self._closed):
-                self._wake_one()  # its wake-up came, but it leaves: hand it on
+        except BaseException:
+            self._leave(waiter)
+            raise
+
+    def _leave(self, waiter: Waiter[Any]) -> None:
+        """A reader leaves without having been woken (timed out or killed while it
+        waited): forget its ``waiter``, or, if its wake-up was already on its way, hand
+        that on to the next reader."""
+        waiters = self._waiters
+        assert waiters is not None
+        if waiter in waiters:
+            waiters.remove(waiter)
+        elif waiters and (self._items or self._closed):
+            self._wake_one()
+
+    def _front(self) -> bool:
+        """Pass the places at the front whose item a group took over; True when an
+        item is pending (``_items`` is not empty)."""
+        items = self._items
+        latest = self._latest
+        assert items is not None
+        while latest is not None and items and items[0] not in latest:
+            items.popleft()
+            self._grouped += 1
+        return bool(items)
 
     def _pop(self) -> T:
-        """The oldest pending event (there is one)."""
-        assert self._items is not None
-        first = self._items.popleft()
+        """The oldest pending event (there is one, at the front: see :meth:`_front`)."""
+        items = self._items
+        assert items is not None
         latest = self._latest
-        return first if latest is None else latest.pop(first)
+        if latest is None:
+            return items.popleft()  # type: ignore[no-any-return]
+        first = items[0]
+        pending = latest[first]
+        if type(pending) is not _Group:
+            items.popleft()
+            return latest.pop(first)  # type: ignore[no-any-return]
+        if pending.count > 1:  # one more of the group's members has read its item
+            pending.count -= 1
+            self._grouped -= 1
+        else:
+            items.popleft()
+            del latest[first]
+        return pending.item  # type: ignore[no-any-return]
 
     def get_nowait(self) -> T | None:
         """The next event if one is pending, else None."""
-        return self._pop() if self._items else None
+        return self._pop() if self._items and self._front() else None
 
     def __iter__(self) -> Iterator[T]:
         while True:
             items = self._items
-            if items:  # the fast path: no call, no exception
-                first = items.popleft()
+            if items:
                 latest = self._latest
-                yield first if latest is None else latest.pop(first)
+                if latest is None:  # the fast path: no call, no exception
+                    yield items.popleft()
+                    continue
+                first = items[0]
+                pending = latest.get(first, _TAKEN_OVER)
+                if pending is _TAKEN_OVER:  # its group took its item over: pass it
+                    items.popleft()
+                    self._grouped += 1
+                elif type(pending) is not _Group:
+                    items.popleft()
+                    del latest[first]
+                    yield pending
+                elif pending.count > 1:
+                    # the group's members read it, one each (a put_group meanwhile
+                    # renews the same entry: item and count are read again each time)
+                    while pending.count > 1:
+                        pending.count -= 1
+                        self._grouped -= 1
+                        yield pending.item
+                else:
+                    items.popleft()
+                    del latest[first]
+                    yield pending.item
             elif self._closed:
                 return
-            else:
-                self._wait(None)
+            else:  # _wait(None), inline: 10,000 readers of a channel each wait here
+                waiters = self._waiters
+                if waiters is None:
+                    waiters = self._waiters = deque()
+                waiter: Waiter[Any] = Waiter()
+                waiters.append(waiter)
+                try:
+                    waiter.get()
+                except BaseException:
+                    self._leave(waiter)
+                    raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import gevent
@@ -62,3 +63,96 @@ def test_bounds_and_snapshots() -> None:
     for timeout in (float("nan"), "1", True):
         with pytest.raises(InvalidArgument, match="timeout"):
             Channel().get(timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_group_put_keeps_each_members_newest_item_once() -> None:
+    channel: Channel[str] = Channel(latest_per_source=True)
+    group, other = object(), object()
+    channel.put("single", source=other)
+    channel.put_group("g1", group, ["m1", "m2", "m3"])
+    assert len(channel) == 4
+    channel.put_group("g2", group, ["m1", "m2", "m3"])  # replaces, keeps the group's place
+    assert len(channel) == 4
+    assert channel.get_nowait() == "single"
+    assert channel.get_nowait() == "g2"  # one member read it; two still to
+    channel.put("single2", source=other)
+    channel.put_group("g3", group, ["m1", "m2", "m3", "m4"])  # every member's newest, once
+    assert len(channel) == 5
+    assert [channel.get_nowait() for _ in range(5)] == ["g3"] * 4 + ["single2"]
+    assert channel.get_nowait() is None and len(channel) == 0
+    channel.put_group("empty", group, [])
+    assert len(channel) == 0
+    channel.put_group("g4", group, ["m1", "m2"])  # read, then a new entry at the end
+    reader = iter(channel)
+    assert next(reader) == "g4"
+    channel.put_group("g5", group, ["m1", "m2"])  # renewed while the iteration is in it
+    assert [next(reader), next(reader)] == ["g5", "g5"]
+    assert len(channel) == 0
+    channel.put("mine", source=other)
+    with pytest.raises(InvalidArgument, match="group"):
+        channel.put_group("clash", other, ["m1"])
+    channel.close()
+    channel.put_group("ignored", group, ["m1"])
+    assert list(channel) == ["mine"]
+
+
+def test_a_group_put_on_other_channels_is_a_put_per_member() -> None:
+    events: Channel[int] = Channel()
+    events.put_group(1, object(), ["a", "b"])
+    assert [events.get_nowait(), events.get_nowait(), events.get_nowait()] == [1, 1, None]
+    newest: Channel[int] = Channel(latest_only=True)
+    newest.put_group(2, object(), ["a", "b"])
+    assert len(newest) == 1 and newest.get_nowait() == 2
+
+
+def test_put_each_wakes_every_reader_in_order_and_skips_closed_channels() -> None:
+    channels: list[Channel[int]] = [Channel(latest_only=True) for _ in range(100)]
+    order: list[int] = []
+
+    def read(index: int) -> None:
+        with contextlib.suppress(ChannelClosed):
+            order.append(index * 1000 + channels[index].get(timeout=5))
+
+    readers = [gevent.spawn(read, i) for i in range(100)]
+    gevent.idle()  # every reader waits
+    channels[7].close()
+    Channel.put_each(3, {i: c for i, c in enumerate(channels)})
+    gevent.joinall(readers, timeout=5)
+    assert order == [i * 1000 + 3 for i in range(100) if i != 7]  # woken in order
+    assert channels[7].get_nowait() is None
+    lone: Channel[int] = Channel()  # no reader waiting: the item just waits
+    Channel.put_each(4, {"a": lone})
+    assert lone.get_nowait() == 4
+
+
+def test_a_source_joining_a_group_never_reads_older_after_newer() -> None:
+    """A source whose own item is pending joins a group whose newer item is pending
+    too: the group's stands for both, at the group's place; no older item follows."""
+    channel: Channel[str] = Channel(latest_per_source=True)
+    group, joining, other = object(), object(), object()
+    channel.put_group("g1", group, ["m1", "m2"])
+    channel.put("own old", source=joining)
+    channel.put("x", source=other)
+    channel.regroup(joining, group)  # it now hands out its items with the group
+    channel.put_group("g2", group, ["m1", "m2", joining])
+    assert len(channel) == 4
+    assert list(_drain(channel)) == ["g2", "g2", "g2", "x"]
+    assert len(channel) == 0
+    channel.put("again", source=joining)  # its passed place is not read twice
+    channel.regroup(other, group)  # nothing of the group pending: nothing to take over
+    assert list(_drain(channel)) == ["again"]
+    channel.put("own", source=joining)
+    channel.put_group("g3", group, ["m1"])
+    channel.regroup(joining, group)  # its item came before the group's: taken over
+    assert channel.get(timeout=1) == "g3" and channel.get_nowait() == "g3"
+    assert channel.get_nowait() is None and len(channel) == 0
+
+
+def _drain(channel: Channel[str]) -> list[str]:
+    """Every item pending in ``channel`` now."""
+    read = []
+    while len(channel):
+        item = channel.get_nowait()
+        assert item is not None
+        read.append(item)
+    return read

@@ -195,3 +195,77 @@ def test_a_tracker_stopped_while_its_start_waits_leaves_nothing_behind(
                 gevent.sleep(0.02)
     finally:
         conn.close()
+
+
+def test_a_tracker_out_of_step_handles_changes_alone_until_in_step_again(
+    conn: geventc.Connector,
+) -> None:
+    """Trackers of a path in step share one state and one snapshot per change; one
+    whose state differs (it joined while the others' newest snapshot reported an
+    error) is handed the changes on its own until its state is theirs, then shares it."""
+    from geventc.errors import EtcdError
+    from geventc.watch import PrefixUpdate
+
+    conn.put("/step/svc/i0", "0")
+    first = [conn.service_tracker("/step/svc") for _ in range(3)]
+    channels = [tracker.start() for tracker in first]
+    for channel in channels:
+        snapshot_with(channel, {"i0": "0"})
+    followers = conn.hub.shared[("trackers", b"/step/svc/")]
+    watch = conn.hub._watches[b"/step/svc/"]
+    trouble = EtcdError("injected")
+    followers.on_update(PrefixUpdate((), watch.state, watch.revision, error=trouble))
+    told = [channel.get(timeout=5) for channel in channels]
+    assert all(isinstance(s, ServiceSnapshot) and s.error is trouble for s in told)
+    assert all(s is told[0] for s in told)  # one snapshot object for the three
+    late = conn.service_tracker("/step/svc")
+    late_channel = late.start()  # its first state reports no error: not in step
+    assert snapshot_with(late_channel, {"i0": "0"}).error is None
+    followers.on_update(PrefixUpdate((), watch.state, watch.revision))  # the trouble is over
+    over = [channel.get(timeout=5) for channel in channels]
+    assert all(isinstance(s, ServiceSnapshot) and s.error is None for s in over)
+    with pytest.raises(ChannelTimeout):
+        late_channel.get(timeout=0.05)  # nothing changed for it: no snapshot
+    conn.put("/step/svc/i1", "1")
+    expected = {"i0": "0", "i1": "1"}
+    received = [snapshot_with(c, expected) for c in [*channels, late_channel]]
+    assert all(s is received[0] for s in received)  # in step again: the same object
+    assert all(t.services is received[0].services for t in [*first, late])
+    for tracker in [*first, late]:
+        tracker.stop()
+        assert dict(tracker.services) == expected  # a stopped tracker keeps its state
+    assert conn.hub.streams == 0 and not conn.hub.shared
+
+
+def test_on_a_shared_channel_a_tracker_back_in_step_is_never_read_older_after_newer(
+    conn: geventc.Connector,
+) -> None:
+    """A tracker joining on a state of its own puts its snapshot into the shared
+    channel itself; once in step, the group's newer snapshot stands for it: nothing of
+    it pending is older than what the reader already read of its path."""
+    from geventc.errors import EtcdError
+    from geventc.watch import PrefixUpdate
+
+    shared: Items = Channel(latest_per_source=True)
+    conn.put("/order/svc/i0", "0")
+    first = [conn.service_tracker("/order/svc", channel=shared) for _ in range(3)]
+    for tracker in first:
+        tracker.start()
+    drain(shared, 3)
+    followers = conn.hub.shared[("trackers", b"/order/svc/")]
+    watch = conn.hub._watches[b"/order/svc/"]
+    followers.on_update(PrefixUpdate((), watch.state, watch.revision, error=EtcdError("x")))
+    late = conn.service_tracker("/order/svc", channel=shared)
+    late.start()  # its own first state (no error), pending after the group's error
+    newer = watch.revision + 1  # say, a re-put of a value: no change, a newer revision
+    followers.on_update(PrefixUpdate((), watch.state, newer))  # the trouble is over
+    assert len(shared) == 4  # one pending snapshot per tracker, the late one's included
+    pending = drain(shared, 4)
+    assert all(s.error is None and s.revision == newer for s in pending)
+    with pytest.raises(ChannelTimeout):
+        shared.get(timeout=0.05)
+    revision = conn.put("/order/svc/i1", "1").header.revision
+    received = drain(shared, 4)
+    assert all(s is received[0] and s.revision == revision for s in received)
+    for tracker in [*first, late]:
+        tracker.stop()

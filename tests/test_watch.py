@@ -149,3 +149,37 @@ def test_leaving_a_shared_watch_opens_no_new_stream(etcd: EtcdTestContext) -> No
             conn.hub.unsubscribe(b"/w/", listener)
         gevent.sleep(0.2)
         assert conn.client.transport.requests - sent == 20  # a read and a stream per cycle
+
+
+def test_a_shared_watch_hands_out_the_prev_kv_etcd_would(etcd: EtcdTestContext) -> None:
+    """The prefix watch asks etcd for no prev_kv (its copy has them): its events carry
+    exactly the prev_kv of a watch that asked, puts, overwrites and deletes alike."""
+    import geventc
+    from geventc.watch import PrefixUpdate
+
+    with geventc.connect(etcd.endpoints, namespace=etcd.prefix.strip("/")) as conn:
+        conn.put("/pk/a", "0")
+        updates: list[PrefixUpdate] = []
+        watch = conn.hub.subscribe(b"/pk/", updates.append)
+        wait_until(lambda: watch.synced, 5, "the watch read the prefix")
+        asked = conn.watch("/pk/", prefix=True, prev_kv=True)
+        conn.put("/pk/a", "1")  # overwrite
+        conn.put("/pk/b", "2")  # new key: no prev_kv
+        conn.txn([], [geventc.Op.put("/pk/a", "3"), geventc.Op.delete("/pk/b")])  # one revision
+        conn.delete("/pk/a")
+        expected = _collect(asked, 5)
+        asked.cancel()
+
+        def changes() -> list[Event]:
+            return [e for u in updates if not u.resynced for e in u.events]
+
+        wait_until(lambda: len(changes()) >= 5, 5, "five events")
+        got = changes()
+        assert got == expected
+        assert [e.prev_kv.value if e.prev_kv else None for e in got] == [
+            b"0",
+            None,
+            b"1",
+            b"2",
+            b"3",
+        ]

@@ -12,11 +12,16 @@ corrected snapshot.
 Fan-out: the trackers of one path in one connector are one listener of the shared
 watch. Each change is decoded once, and every tracker of the path is handed the same
 (frozen) :class:`ServiceSnapshot` object, so a change costs each tracker a put into its
-channel. Made with ``channel=`` (``conn.service_tracker(path, channel=shared)``, with
-``shared = Channel(latest_per_source=True)``), trackers put their snapshots into one
-channel that keeps the newest snapshot of each tracker (``snapshot.path`` says whose):
-one greenlet reads them all, instead of one greenlet woken up per tracker, and a slow
-reader still reads only the newest snapshot of each.
+channel and nothing else. Made with ``channel=`` (``conn.service_tracker(path,
+channel=shared)``, with ``shared = Channel(latest_per_source=True)``), trackers put
+their snapshots into one channel that keeps the newest snapshot of each tracker
+(``snapshot.path`` says whose): one greenlet reads them all, instead of one greenlet
+woken up per tracker, and a slow reader still reads only the newest snapshot of each.
+The trackers of a path put theirs there as one group entry (the same cost for 1 or
+1,000 trackers); a tracker that joined on a state of its own is in that group once its
+state is the others' (until then it puts its own, so a slow reader may read one
+snapshot more of it, never an older one after a newer). A stopped tracker's snapshot
+still pending in a shared channel is dropped when its path's next snapshot comes.
 """
 
 from __future__ import annotations
@@ -61,7 +66,16 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
     ``channel`` (a ``Channel(latest_per_source=True)`` shared by many trackers, left
     open by their stops) the snapshots go there instead of a channel of its own."""
 
-    __slots__ = ("_followers", "_last", "_prefix", "_shared", "_stale", "_troubled", "path")
+    __slots__ = (
+        "_followers",
+        "_last",
+        "_prefix",
+        "_shared",
+        "_stale",
+        "_steady",
+        "_troubled",
+        "path",
+    )
     _RELEASES_LOCALLY = True  # it only leaves the shared watch
 
     def __init__(
@@ -76,9 +90,14 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
         self.path = conn.namespace.strip(stored).rstrip(b"/") or b"/"
         self._prefix = self.path if self.path.endswith(b"/") else self.path + b"/"
         self._shared = channel
+        # its own state (while not steady): the newest snapshot's services, whether it
+        # reports an error and whether it says the services are stale
         self._last: Services | None = None
-        self._troubled = False  # the newest snapshot sent reports an error
-        self._stale = False  # the newest snapshot sent says the services are stale
+        self._troubled = False
+        self._stale = False
+        #: in step with the other trackers of its path: its state is theirs, kept once
+        #: by :class:`_Followers` (the three fields above are then unused)
+        self._steady = False
         self._followers: _Followers | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +113,9 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
     @property
     def services(self) -> Services:
         """The newest snapshot's services (empty before the first)."""
-        return self._last if self._last is not None else MappingProxyType({})
+        followers = self._followers
+        last = followers.services if self._steady and followers is not None else self._last
+        return last if last is not None else _NO_SERVICES
 
     def _snapshot(self, update: PrefixUpdate, error: EtcdError | None = None) -> ServiceSnapshot:
         age = update.age
@@ -140,12 +161,21 @@ class ServiceTracker(Recipe[ServiceSnapshot]):
             followers.leave(self)
 
 
+_NO_SERVICES: Services = MappingProxyType({})
+
+
 class _Followers:
     """The trackers of one prefix on one hub: one listener of the shared watch for all
-    of them; the services are decoded once per change and every tracker in step (whose
-    services are the ones this holds) is handed the same snapshot object."""
+    of them. The services are decoded once per change; the members in step with each
+    other (*steady*: most of them, most of the time) share one state, kept here, and
+    are handed one snapshot object per change, put into each shared channel in one
+    batch (one wake-up of its reader); no work per tracker beyond the channel's. A
+    member whose state differs (it joined on a state of its own) handles the changes
+    on its own until its state is the others' again."""
 
     __slots__ = (
+        "alone",
+        "apart",
         "cut",
         "hub",
         "members",
@@ -153,8 +183,11 @@ class _Followers:
         "prefix",
         "revision",
         "services",
+        "sharing",
+        "stale",
         "subscribed",
         "subscribing",
+        "troubled",
     )
 
     @classmethod
@@ -173,8 +206,16 @@ class _Followers:
         self.cut = len(prefix)
         # dicts (insertion-ordered, O(1) removal) used as sets
         self.members: dict[ServiceTracker, None] = {}
-        self.services: Services | None = None  # as of ``revision``, shared by the members
+        self.apart: dict[ServiceTracker, None] = {}  # members with a state of their own
+        # the steady members: by shared channel, and those with a channel of their own
+        self.sharing: dict[Channel[Any], dict[ServiceTracker, None]] = {}
+        self.alone: dict[ServiceTracker, Channel[Any]] = {}
+        # the steady members' state: their services as of ``revision``, whether the
+        # newest snapshot they were sent reports an error, whether it says stale
+        self.services: Services | None = None
         self.revision = -1
+        self.troubled = False
+        self.stale = False
         self.subscribed = False  # its listener is (or is being) on the shared watch
         self.subscribing = False  # a subscribe is waiting for the shared copy
 
@@ -182,19 +223,42 @@ class _Followers:
         """Add ``tracker``; its first snapshot reflects this connector's writes so far.
         A tracker stopped meanwhile (its stop left before it joined) is not kept."""
         if not self.subscribed:
-            self.members[tracker] = None
+            self._admit(tracker)  # steady: nothing was handed to it or the others yet
             self._subscribe(tracker)
         else:
             # the first state of its own (which waits until the shared copy reflects
             # this connector's writes), then the changes shared with the others
             self.hub.subscribe(self.prefix, tracker._first_state, read_your_writes=True)
             try:
-                self.members[tracker] = None
+                self._admit(tracker)
                 self._follow_again(tracker)  # if every other tracker left meanwhile
             finally:
                 self.hub.unsubscribe(self.prefix, tracker._first_state)
         if not tracker._running:
             self.leave(tracker)
+
+    def _admit(self, tracker: ServiceTracker) -> None:
+        """Make ``tracker`` a member: steady when its state is the others'."""
+        self.members[tracker] = None
+        self.apart[tracker] = None
+        self._settle(tracker)
+
+    def _settle(self, tracker: ServiceTracker) -> None:
+        """Make the apart member ``tracker`` steady if its state is the others' now."""
+        if (
+            tracker._last == self.services
+            and tracker._troubled == self.troubled
+            and tracker._stale == self.stale
+        ):
+            del self.apart[tracker]
+            tracker._steady, tracker._last = True, None
+            channel = tracker._channel
+            assert channel is not None  # started: its channel was made (or given)
+            if tracker._owns_channel:
+                self.alone[tracker] = channel
+            else:
+                self.sharing.setdefault(channel, {})[tracker] = None
+                channel.regroup(tracker, self)  # its snapshot pending: now the group's
 
     def _follow_again(self, tracker: ServiceTracker) -> None:
         if not self.subscribed:
@@ -208,7 +272,7 @@ class _Followers:
             self.hub.subscribe(self.prefix, self.on_update, read_your_writes=True)
         except BaseException:
             self.subscribed = False
-            self.members.pop(tracker, None)
+            self.leave(tracker)
             raise
         finally:
             self.subscribing = False
@@ -216,55 +280,73 @@ class _Followers:
             self._unsubscribe()
 
     def leave(self, tracker: ServiceTracker) -> None:
-        """Remove ``tracker``; the last one leaving leaves the shared watch (or, while
-        its subscribe waits, leaves that to it)."""
+        """Remove ``tracker`` (it keeps the state it had); the last one leaving leaves
+        the shared watch (or, while its subscribe waits, leaves that to it)."""
         self.members.pop(tracker, None)
+        if tracker._steady:
+            tracker._steady = False
+            tracker._last, tracker._troubled = self.services, self.troubled
+            tracker._stale = self.stale
+            channel = tracker._channel
+            if self.alone.pop(tracker, None) is None and channel is not None:
+                group = self.sharing.get(channel)
+                if group is not None:
+                    group.pop(tracker, None)
+                    if not group:
+                        del self.sharing[channel]
+        else:
+            self.apart.pop(tracker, None)
         if not self.members and self.subscribed and not self.subscribing:
             self._unsubscribe()
 
     def _unsubscribe(self) -> None:
         self.subscribed = False
         self.services, self.revision = None, -1
+        self.troubled = self.stale = False
         if self.hub.shared.get(("trackers", self.prefix)) is self:
             del self.hub.shared[("trackers", self.prefix)]
         self.hub.unsubscribe(self.prefix, self.on_update)
 
     def on_update(self, update: PrefixUpdate) -> None:
-        """Hand ``update`` to every member: one decode, one snapshot object."""
-        if update.error is not None:
-            for tracker in list(self.members):
-                tracker._on_change(update)
-            return
-        before = self.services
-        changed = _apply(self.cut, before, update)
-        now = MappingProxyType(changed) if changed is not None else before
-        assert now is not None  # the first update is always decoded
-        self.services, self.revision = now, update.revision
+        """Hand ``update`` to every member: one decode, one snapshot object for the
+        steady ones."""
         stale = update.stale
-        snapshot = ServiceSnapshot(now, update.revision, None, stale, update.age, self.path)
-        batches: dict[int, tuple[Channel[Any], list[ServiceTracker]]] = {}
-        for tracker in list(self.members):
-            if not tracker._running:
-                continue
-            if tracker._last is not before:  # not in step (it joined on its own state)
-                tracker._on_change(update)
-                if tracker._last == now:
-                    tracker._last = now  # the same services: in step from now on
-                continue
-            if changed is None and not tracker._troubled and stale == tracker._stale:
-                continue  # no name or value changed, e.g. a re-put of the same value
-            tracker._last, tracker._troubled, tracker._stale = now, False, stale
-            channel = tracker._channel
-            if tracker._shared is None or channel is None:  # a channel of its own
-                if channel is not None:
-                    channel.put(snapshot, source=tracker)
-                continue
-            batch = batches.get(id(channel))
-            if batch is None:
-                batch = batches[id(channel)] = (channel, [])
-            batch[1].append(tracker)
-        for channel, trackers in batches.values():  # one wake-up per shared channel
-            channel.put_many(snapshot, trackers)
+        if update.error is not None:
+            self.troubled, self.stale = True, stale
+            services = self.services if self.services is not None else _NO_SERVICES
+            error = update.error
+            self._deliver(
+                ServiceSnapshot(services, update.revision, error, stale, update.age, self.path)
+            )
+        else:
+            before = self.services
+            changed = _apply(self.cut, before, update)
+            now = MappingProxyType(changed) if changed is not None else before
+            assert now is not None  # the first update is always decoded
+            self.services, self.revision = now, update.revision
+            # unchanged (e.g. a re-put of the same value): nothing to tell, unless the
+            # newest snapshot reported an error or said otherwise about staleness
+            if changed is not None or self.troubled or stale != self.stale:
+                self.troubled, self.stale = False, stale
+                self._deliver(
+                    ServiceSnapshot(now, update.revision, None, stale, update.age, self.path)
+                )
+        if self.apart:  # not in step: each on its own, then in step again if it can be
+            for tracker in list(self.apart):
+                if tracker in self.apart:
+                    tracker._on_change(update)
+                    if update.error is None and tracker._last == self.services:
+                        tracker._last = self.services  # the same services: shared
+                    self._settle(tracker)
+
+    def _deliver(self, snapshot: ServiceSnapshot) -> None:
+        """Hand ``snapshot`` to every steady member: one group entry per shared channel
+        (whatever the number of trackers), and the readers of their own channels woken
+        a few dozen per loop callback."""
+        for channel, trackers in self.sharing.items():
+            channel.put_group(snapshot, self, trackers)
+        if self.alone:
+            Channel.put_each(snapshot, self.alone)
 
 
 def _apply(cut: int, last: Services | None, update: PrefixUpdate) -> dict[str, str] | None:
