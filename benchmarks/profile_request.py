@@ -11,9 +11,10 @@ so a machine busy with other work disturbs it less.
 ``--go`` also runs a tiny Go ``net/http`` client doing the same requests over the same
 gateway (stdlib only, built with ``go build`` and no module download): the anchor of
 the target. ``--compare DIR`` also runs every round with the geventc package found in
-``DIR`` (e.g. ``git worktree add /tmp/before main``), interleaved, for before/after
-figures from one run; ``--urllib3-engine`` also runs it with urllib3's own responses
-(what geventc does when httptools is not installed).
+``DIR`` (a folder holding a ``geventc`` package: ``mkdir /tmp/before && cp -r geventc
+/tmp/before/`` before editing, or ``git worktree add /tmp/before main``), interleaved,
+for before/after figures from one run; ``--urllib3-engine`` also runs it with urllib3's
+own responses (what geventc does when httptools is not installed).
 
 ``--profile py-spy`` records one more worker with py-spy (``pip install py-spy``) and
 prints the functions that hold the most samples inside the measured loops, by own

@@ -59,13 +59,18 @@ class TokenAuth:
     def send(self, request: Callable[[str | None], R], deadline: float) -> R:
         """``request(token)``, renewing the token once if etcd says it expired; without
         credentials such an answer raises :class:`AuthenticationFailed`."""
+        if self.username is None:  # no token to renew: the request runs once
+            try:
+                return request(None)
+            except errors.TokenExpired as exc:
+                raise auth_required(exc) from None
         for attempt in range(2):
             token = self._current(deadline)
             try:
                 return request(token)
             except errors.TokenExpired as exc:
                 if self.username is None:
-                    raise _auth_required(exc) from None
+                    raise auth_required(exc) from None
                 if attempt:
                     raise
                 self.renew(token, deadline)
@@ -109,7 +114,8 @@ class TokenAuth:
         return self._token
 
 
-def _auth_required(exc: errors.EtcdError) -> errors.AuthenticationFailed:
+def auth_required(exc: errors.EtcdError) -> errors.AuthenticationFailed:
+    """The error for etcd asking for a token from a client without credentials."""
     return errors.AuthenticationFailed(
         f"etcd requires authentication ({exc.message}); pass username= and password=",
         code=exc.code,

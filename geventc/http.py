@@ -16,9 +16,11 @@ exchange itself. A unary request (:meth:`HTTPPools.request`) takes one of two en
 * with `httptools <https://github.com/MagicStack/httptools>`_ installed (MagicStack's
   binding of llhttp, Node.js's HTTP parser, maintained and used by uvicorn), the
   request (its head made once per endpoint, path and headers, then Content-Length and
-  body) goes out in one write and httptools parses the answer. For a small answer
-  this costs a fraction of urllib3's ``getresponse()``, which runs http.client's
-  email-based header parser and builds an ``HTTPHeaderDict`` and an ``HTTPResponse``;
+  body) goes out in one write, the greenlet waits in the hub until the socket is
+  readable (a plain socket; gevent's ``recv`` would first try and fail once), and
+  httptools parses the answer. For a small answer this costs a fraction of urllib3's
+  ``getresponse()``, which runs http.client's email-based header parser and builds an
+  ``HTTPHeaderDict`` and an ``HTTPResponse``;
 * without it, urllib3's own ``HTTPConnection.request()`` and ``getresponse()``, the
   head and body also sent in one write (so etcd wakes once per request, not twice).
 
@@ -181,6 +183,26 @@ class _Connection(HTTPConnection):
     _holding = False
     _held: bytes | None = None
     _answer_buffer: bytearray | None = None  # (http.client has its own ``_buffer``)
+    #: whether :meth:`wait_readable` may wait on the socket's descriptor (not for TLS:
+    #: the TLS layer may hold decrypted bytes the descriptor does not show)
+    _waits_on_descriptor = True
+    #: the socket :meth:`wait_readable` watches, its hub and its read watcher
+    _watched: tuple[Any, Any, Any] | None = None
+    #: the socket :func:`_dropped` checks and the poll object registered for it
+    _polled: tuple[Any, Any] | None = None
+
+    def poller(self, sock: Any) -> Any:
+        """An unpatched ``select.poll`` object with ``sock`` registered for reading
+        (made once per socket: the drop check before each request only polls);
+        ``ValueError`` when ``sock`` is closed."""
+        if sock.fileno() < 0:  # closed under us: as register() would, refuse it
+            raise ValueError("the socket is closed")
+        polled = self._polled
+        if polled is None or polled[0] is not sock:
+            poller = _poll()
+            poller.register(sock, select.POLLIN)
+            polled = self._polled = (sock, poller)
+        return polled[1]
 
     def receive_buffer(self) -> bytearray:
         """This connection's buffer for answers read with httptools (made once: a new
@@ -189,6 +211,27 @@ class _Connection(HTTPConnection):
         if self._answer_buffer is None:
             self._answer_buffer = bytearray(_READ_SIZE)
         return self._answer_buffer
+
+    def wait_readable(self, sock: Any) -> None:
+        """Wait (in the hub) until ``sock``, this connection's connected socket, has
+        something to read; return at once for a TLS connection.
+
+        A request's answer is never there the instant it was sent, so waiting first
+        spares gevent's ``recv`` its failed non-blocking try (a system call and an
+        exception) before it waits the same way. The watcher is made once per socket;
+        the exchange's timer (or a kill) interrupts the wait and stops it."""
+        if not self._waits_on_descriptor:
+            return
+        watched = self._watched
+        if watched is None or watched[0] is not sock:
+            hub = get_hub()
+            watched = self._watched = (sock, hub, hub.loop.io(sock.fileno(), 1))
+        watched[1].wait(watched[2])
+
+    def close(self) -> None:
+        """Close the connection (and forget the watcher of its socket)."""
+        self._watched = self._polled = None
+        super().close()
 
     def request(  # type: ignore[override]
         self,
@@ -234,6 +277,8 @@ class _Connection(HTTPConnection):
 class _TLSConnection(_Connection, HTTPSConnection):
     """urllib3's https connection with the one-write requests of :class:`_Connection`."""
 
+    _waits_on_descriptor = False
+
 
 def _dropped(conn: HTTPConnection) -> bool:
     """True when an idle kept-alive connection is closed or has unexpected data (the
@@ -244,6 +289,8 @@ def _dropped(conn: HTTPConnection) -> bool:
     if _poll is None:  # pragma: no cover - every platform geventc runs on has poll
         return not conn.is_connected
     try:
+        if isinstance(conn, _Connection):
+            return bool(conn.poller(sock).poll(0))
         poller = _poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))
@@ -500,15 +547,24 @@ class HTTPPools:
         reached the server carries an :class:`IndeterminateWrite`). ``priority`` takes
         a connection from the pool that never blocks.
         """
-        pool = self._pool(endpoint, stream=priority)
-        timer = _deadline(timeout + DEADLINE_GRACE)
+        pool = (self._stream_pools if priority else self._pools).get(endpoint)
+        if pool is None:
+            pool = self._pool(endpoint, stream=priority)
+        limit_seconds = timeout + DEADLINE_GRACE
+        timer = get_hub().loop.timer(limit_seconds)  # as _deadline(), one call less
+        timer.start(_expire, getcurrent(), limit_seconds)
         conn: _Connection | None = None
         reusable = sent = False
         try:
             conn = self._take(pool, endpoint, timeout)
-            self._connect(conn, endpoint, timeout)
+            if conn.sock is None:
+                self._connect(conn, endpoint, timeout)
             if self.parser is not None:
-                head = self._head(endpoint, method, path, headers)
+                known = self._heads.get((endpoint, method, path))
+                if known is not None and known[0] is headers:
+                    head = known[1]
+                else:
+                    head = self._head(endpoint, method, path, headers)
                 sent = True
                 answer, reusable = _exchange(self.parser, conn, head, body, limit, endpoint)
                 return answer
@@ -724,6 +780,7 @@ def _exchange(
     reader = _Reader()
     answer = reader.parser = parser.HttpResponseParser(reader)
     try:
+        conn.wait_readable(sock)
         _read_answer(parser, reader, sock, conn.receive_buffer(), limit, endpoint)
     finally:
         reader.parser = None

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import errors, status
-from .auth import TokenAuth
+from .auth import TokenAuth, auth_required
 from .endpoints import parse_endpoints
 from .http import (
     BASE_HEADERS,
@@ -156,14 +156,23 @@ class Transport:
         """
         exchange = self._poster(path, _encode(body), write)
         deadline = time.monotonic() + (timeout or self.timeout)
+        auth = self._auth
         for tried in range(1, len(self.endpoints) + 1):
             try:
-                data, target = self._auth.send(
-                    lambda token: self._attempts(
-                        path, deadline, token, exchange, write=write, pinned=endpoint
-                    ),
-                    deadline,
-                )
+                if auth.username is None:  # what auth.send does without credentials
+                    try:
+                        data, target = self._attempts(
+                            path, deadline, None, exchange, write=write, pinned=endpoint
+                        )
+                    except errors.TokenExpired as exc:
+                        raise auth_required(exc) from None
+                else:
+                    data, target = auth.send(
+                        lambda token: self._attempts(
+                            path, deadline, token, exchange, write=write, pinned=endpoint
+                        ),
+                        deadline,
+                    )
                 return _decode_answer(data, target)
             except errors.ProtocolError as exc:
                 self._not_understood(exc, path, write, endpoint, deadline, tried)
@@ -300,13 +309,14 @@ class Transport:
     ) -> tuple[R, str]:
         """Try ``exchange`` on one endpoint after another until it succeeds, fails for
         good, or the deadline passes; return its result and its endpoint."""
-        self._check_open()
+        if self._closed or os.getpid() != self._pid:
+            self._check_open()
         headers = HEADERS if token is None else self._token_headers(token)
         tried = 0
         refusals = 0  # consecutive attempts whose connection was refused
         backoff = BACKOFF_FIRST
         while True:
-            target = pinned or self.current_endpoint
+            target = pinned or self.endpoints[self._current]
             try:
                 return self._attempt(
                     target, path, headers, exchange, write, deadline, stream
@@ -399,21 +409,68 @@ class Transport:
             )
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
+def _make_encode() -> Callable[[JSON], str]:
+    """The compact JSON encoder of request bodies.
+
+    ``JSONEncoder.encode`` builds the C encoder anew on every call; this builds it once
+    (``json.encoder.c_make_encoder``, what ``encode`` itself uses, with the same
+    settings) when this Python has it and it writes what ``encode`` writes, else it is
+    ``encode`` itself. Bodies are trees geventc builds, never circular, so the
+    circular-reference check (a markers table shared by every call) is left out."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return _ENCODER.encode
+    try:
+        chunks = make(
+            None,
+            _ENCODER.default,
+            json.encoder.encode_basestring_ascii,
+            None,
+            ":",
+            ",",
+            False,
+            False,
+            True,
+        )
+        sample = {"key": "a\u00e9\n", "n": [1, 2.5, True, None], "o": {}}
+        if "".join(chunks(sample, 0)) != _ENCODER.encode(sample):  # pragma: no cover
+            return _ENCODER.encode
+    except (TypeError, ValueError):  # pragma: no cover - another signature
+        return _ENCODER.encode
+    return lambda body: "".join(chunks(body, 0))
+
+
+_ENCODE = _make_encode()
 
 
 def _encode(body: JSON) -> bytes:
     return _ENCODE(body).encode()
 
 
+_DECODE = json.JSONDecoder().raw_decode
+#: What ``json.loads`` accepts after a document (its own whitespace set).
+_JSON_SPACE = " \t\n\r"
+
+
 def _decode_answer(data: bytes, endpoint: str) -> JSON:
-    """Decode a 200 answer; a streamed answer (keep-alive) is its first ``result``."""
+    """Decode a 200 answer; a streamed answer (keep-alive) is its first ``result``.
+
+    The JSON is read as ``json.loads`` reads it (the same documents accepted, the same
+    refused), through its decoder's ``raw_decode`` without the wrappers around it."""
     try:
         text = data.decode("utf-8")
         if not text.startswith('{"header"'):  # the usual answer needs no other look
             stripped = text.lstrip()
             text = stripped.split("\n", 1)[0] if stripped.startswith('{"result"') else stripped
-        decoded = json.loads(text) if text else {}
+        if text:
+            decoded, end = _DECODE(text)
+            if end != len(text) and text[end:].strip(_JSON_SPACE):
+                raise ValueError("extra data after the JSON document")
+        else:
+            decoded = {}
     except (ValueError, RecursionError):
         raise errors.ProtocolError("etcd answered malformed JSON", endpoint=endpoint) from None
     if not isinstance(decoded, dict):

@@ -82,6 +82,19 @@ def test_a_connection_the_server_closes_is_not_reused(
     assert fake.connections == 5
 
 
+def test_a_kept_connection_closed_after_many_answers_is_not_reused(
+    etcd: EtcdTestContext, fake: CountingGateway, engine: str
+) -> None:
+    # the drop check keeps one poll object per socket: it must still see the close that
+    # comes after several answers on the same connection
+    ok = http(200, b'{"header":{"revision":"5"}}')
+    fake.routes[PUT] = [Reply(ok), Reply(ok), Reply(ok), Reply(ok, after="close"), Reply(ok)]
+    client = etcd.client([fake.endpoint], coalesce=False)
+    for i in range(7):
+        assert client.put(f"/k{i}", "v").header.revision == 5
+    assert fake.connections == 2
+
+
 def test_connection_close_answers_take_a_new_connection_each(
     etcd: EtcdTestContext, fake: CountingGateway, engine: str
 ) -> None:
