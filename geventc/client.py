@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+import gevent
 from gevent.pool import Group
 
 from . import validate, wire
-from .coalesce import TXN_MAX_OPS, Coalescer
+from .coalesce import TXN_MAX_OPS, Coalescer, Flight
 from .endpoints import parse_endpoint
-from .errors import InvalidArgument, LeaseNotFound
+from .errors import EtcdError, InvalidArgument, LeaseNotFound
 from .liveness import Liveness
 from .transport import TLSConfig, Transport, ensure_patched
-from .txn import Comparison, TxnOp, range_request, txn_body
+from .txn import Comparison, TxnOp, range_request, txn_parts
 from .watchstream import WatchStream
 from .wire import (
     JSON,
@@ -200,13 +201,20 @@ class Client:
         *,
         lease: int | Lease | None = None,
         prev_kv: bool = False,
+        flight: Flight | None = None,
     ) -> PutResult:
         """Set ``key`` to ``value``, attached to ``lease`` if given; the result's header
-        carries the new revision, and ``prev_kv`` the previous key when asked for."""
+        carries the new revision, and ``prev_kv`` the previous key when asked for.
+
+        ``flight`` (a :class:`~geventc.coalesce.Flight`) lets others wait for the end of
+        this write even when its caller is interrupted (the write then goes on: its
+        answer, not the interruption, ends the flight)."""
         k, v = validate.key(key), validate.value(value)
         validate.request_size(len(k) + len(v), self.max_request_bytes, "the put")
         body = wire.put_body(k, v, validate.lease_ref(lease), validate.boolean(prev_kv, "prev_kv"))
-        answer = self._single("/v3/kv/put", "request_put", body, (k, b""), len(k) + len(v), True)
+        answer = self._single(
+            "/v3/kv/put", "request_put", body, (k, b""), len(k) + len(v), True, flight
+        )
         return self._wrote(wire.decode("put", wire.put_result, answer))
 
     def delete(self, key: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
@@ -239,19 +247,29 @@ class Client:
         compare: Iterable[Comparison] = (),
         success: Iterable[TxnOp] = (),
         failure: Iterable[TxnOp] = (),
+        *,
+        flight: Flight | None = None,
     ) -> TxnResult:
         """Run ``success`` if every comparison holds, else ``failure``, atomically.
 
-        Build comparisons with :class:`Compare` and operations with :class:`Op`."""
-        body, size = txn_body(compare, success, failure)
+        Build comparisons with :class:`Compare` and operations with :class:`Op`;
+        ``flight`` as in :meth:`put`."""
+        body, size, spans, depth = txn_parts(compare, success, failure)
         validate.request_size(size, self.max_request_bytes, "the transaction")
-        batched = None if self.coalescer is None else self.coalescer.call_txn(body, size)
+        coalescer = self.coalescer
+        batched = (
+            None if coalescer is None else coalescer.call_txn(body, size, spans, depth, flight)
+        )
         if batched is not None:
             answer = batched
-        elif self.coalescer is None:
+            if flight is not None:
+                flight.end()
+        elif flight is not None:
+            answer = self._in_flight(flight, "/v3/kv/txn", body, True)
+        elif coalescer is None:
             answer = self.transport.call("/v3/kv/txn", body, write=True)
         else:
-            with self.coalescer.alone(True):
+            with coalescer.alone(True):
                 answer = self.transport.call("/v3/kv/txn", body, write=True)
         return self._wrote(wire.decode("txn", wire.txn_result, answer))
 
@@ -274,16 +292,52 @@ class Client:
         return wire.decode("range", wire.range_result, answer)
 
     def _single(
-        self, path: str, field: str, body: JSON, key: tuple[bytes, bytes], size: int, write: bool
+        self,
+        path: str,
+        field: str,
+        body: JSON,
+        key: tuple[bytes, bytes],
+        size: int,
+        write: bool,
+        flight: Flight | None = None,
     ) -> JSON:
         """Send one KV operation, coalesced with concurrent ones when enabled."""
-        if self.coalescer is None:
+        coalescer = self.coalescer
+        if coalescer is not None:
+            answer = coalescer.call(field, body, key, size, write=write, flight=flight)
+            if answer is not None:
+                if flight is not None:
+                    flight.end()
+                return answer
+        if flight is not None:
+            return self._in_flight(flight, path, body, write)
+        if coalescer is None:
             return self.transport.call(path, body, write=write)
-        answer = self.coalescer.call(field, body, key, size, write=write)
-        if answer is not None:
-            return answer
-        with self.coalescer.alone(write):
+        with coalescer.alone(write):
             return self.transport.call(path, body, write=write)
+
+    def _in_flight(self, flight: Flight, path: str, body: JSON, write: bool) -> JSON:
+        """Send one request of its own in a greenlet of the client whose end ends
+        ``flight``: a caller interrupted meanwhile leaves it to finish (a request cut
+        off mid-way could still reach etcd, after whatever is sent next)."""
+        coalescer = self.coalescer
+
+        def sent(_: object) -> None:
+            if coalescer is not None:
+                coalescer.end_alone(write)
+            flight.end()
+
+        if coalescer is not None:  # from now: the callers coming meanwhile gather
+            coalescer.begin_alone(write)
+        sending: gevent.Greenlet[..., Any] = gevent.Greenlet(
+            _outcome, self.transport.call, path, body, write
+        )
+        sending.rawlink(sent)  # also when killed before it ran
+        self.group.start(sending)
+        outcome = sending.get()  # interrupted here: the request goes on
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
 
     # --- leases ------------------------------------------------------------------------
 
@@ -394,3 +448,12 @@ class Client:
         """The server's and the cluster's version."""
         target = parse_endpoint(endpoint) if endpoint is not None else None
         return wire.decode("version", wire.version, self.transport.get("/version", target))
+
+
+def _outcome(call: Any, path: str, body: JSON, write: bool) -> Any:
+    """``call(path, body, write=write)``'s answer or its :class:`EtcdError` (returned,
+    not raised: only the caller waiting for it needs to hear of it)."""
+    try:
+        return call(path, body, write=write)
+    except EtcdError as exc:
+        return exc

@@ -46,6 +46,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 from gevent.hub import Waiter, get_hub
 from gevent.pool import Group
 
@@ -144,6 +145,42 @@ class _Footprint:
         self.ends[lo:hi] = [end]
 
 
+class Flight:
+    """A write on its way, whose end others may wait for (:meth:`join`) even when its
+    caller was interrupted: it ends once etcd answered it, or once it surely was never
+    sent or never will be (its caller was interrupted before it was sent, or its
+    request failed). A deletion sent after :meth:`join` returned is applied after the
+    write, if the write was applied at all.
+
+    Made by the caller and handed to :meth:`Client.put`/:meth:`Client.txn`
+    (``flight=``); a coalesced write costs no greenlet of its own."""
+
+    __slots__ = ("_ended", "_event")
+
+    def __init__(self) -> None:
+        self._ended = False
+        self._event: gevent.event.Event | None = None
+
+    @property
+    def ended(self) -> bool:
+        """True once the write is no longer on its way."""
+        return self._ended
+
+    def end(self) -> None:
+        """Say the write is no longer on its way (wakes every :meth:`join`)."""
+        self._ended = True
+        if self._event is not None:
+            self._event.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the write ended (at most ``timeout`` seconds); True once it has."""
+        if self._ended:
+            return True
+        if self._event is None:
+            self._event = gevent.event.Event()
+        return self._event.wait(timeout)
+
+
 class _Slot:
     """One caller's operation in a batch and, once sent, its outcome."""
 
@@ -151,15 +188,19 @@ class _Slot:
         "answer",
         "error",
         "finished",
+        "flight",
         "op",
+        "orphaned",
         "retry_alone",
         "sent",
         "waiter",
         "withdrawn",
     )
 
-    def __init__(self, op: JSON) -> None:
+    def __init__(self, op: JSON, flight: Flight | None = None) -> None:
         self.op = op
+        self.flight = flight  # told when the write ends, if its caller stopped waiting
+        self.orphaned = False  # its caller was interrupted after it was sent
         self.waiter: Waiter[Any] = Waiter()  # its caller waits here for the outcome
         self.finished = False  # the outcome is known
         self.answer: JSON | None = None
@@ -181,6 +222,8 @@ def _wake(slots: list[_Slot]) -> None:
     wait behind all of them, past their deadlines), and without a loop callback each."""
     for slot in slots:
         slot.finished = True
+        if slot.orphaned:
+            slot.flight.end()  # type: ignore[union-attr]
     loop = get_hub().loop
     timer = loop.timer(0)
 
@@ -252,28 +295,56 @@ class Coalescer:
         self.batches = 0
         self.coalesced = 0
 
-    def call(self, field: str, op: JSON, key: Span, size: int, *, write: bool) -> JSON | None:
+    def call(
+        self,
+        field: str,
+        op: JSON,
+        key: Span,
+        size: int,
+        *,
+        write: bool,
+        flight: Flight | None = None,
+    ) -> JSON | None:
         """Run ``op`` (the body of a txn ``field`` such as ``request_put``) in a batch.
 
         Returns the operation's response object (with the txn's header), or None when
         the caller must send its own request: it was alone, or the batch was refused.
-        Raises the error the batch met in transit.
+        Raises the error the batch met in transit. A ``flight`` is ended here when this
+        raises (at once, or when etcd answered, if the caller was interrupted after its
+        operation was sent); otherwise its caller ends it.
         """
-        return self._join({field: op}, (key,), size, write, 0)
+        return self._join({field: op}, (key,), size, write, 0, flight)
 
-    def call_txn(self, body: JSON, size: int) -> JSON | None:
+    def call_txn(
+        self,
+        body: JSON,
+        size: int,
+        spans: list[Span] | None = None,
+        depth: int | None = None,
+        flight: Flight | None = None,
+    ) -> JSON | None:
         """Run the txn ``body`` as a nested txn of a write batch.
 
         Returns its ``response_txn`` object (with the batch's header), or None when the
-        caller must send it on its own (alone, refused, or it holds nested txns)."""
-        spans = txn_spans(body)
-        depth = max(len(body.get(part, ())) for part in ("compare", "success", "failure"))
+        caller must send it on its own (alone, refused, or it holds nested txns).
+        ``spans`` (every key range it touches) and ``depth`` (its longest list) are
+        read from ``body`` unless the caller knows them; ``flight`` as in :meth:`call`."""
+        if spans is None:
+            spans = txn_spans(body)
+        if depth is None:
+            depth = max(len(body.get(part, ())) for part in ("compare", "success", "failure"))
         if spans is None or depth + 1 >= self.max_ops:
             return None
-        return self._join({"request_txn": body}, spans, size, True, depth)
+        return self._join({"request_txn": body}, spans, size, True, depth, flight)
 
     def _join(
-        self, op: JSON, spans: Iterable[Span], size: int, write: bool, depth: int
+        self,
+        op: JSON,
+        spans: Iterable[Span],
+        size: int,
+        write: bool,
+        depth: int,
+        flight: Flight | None = None,
     ) -> JSON | None:
         batch = self._open[write]
         if batch is None and not self._inflight[write] and not self._alone[write]:
@@ -282,7 +353,7 @@ class Coalescer:
         if leader:
             batch = self._open[write] = _Batch(write)
         assert batch is not None
-        slot = _Slot(op)
+        slot = _Slot(op, flight)
         batch.slots.append(slot)
         if write:
             batch.touch(spans)
@@ -307,6 +378,15 @@ class Coalescer:
         finally:
             self._alone[write] -= 1
 
+    def begin_alone(self, write: bool) -> None:
+        """:meth:`alone` for a request sent from another greenlet: counted from now
+        until :meth:`end_alone`."""
+        self._alone[write] += 1
+
+    def end_alone(self, write: bool) -> None:
+        """The request :meth:`begin_alone` counted was answered (or given up)."""
+        self._alone[write] -= 1
+
     def _fits(self, batch: _Batch, spans: Iterable[Span], size: int, depth: int) -> bool:
         return (
             len(batch.slots) + max(batch.depth, depth) < self.max_ops
@@ -318,7 +398,7 @@ class Coalescer:
         try:
             gevent.sleep(0)  # every greenlet ready to run now may join the batch
         except BaseException:
-            self._withdraw(batch, slot)
+            self._abandon(batch, slot)
             self._dispatch(batch)
             raise
         self._dispatch(batch)
@@ -376,13 +456,25 @@ class Coalescer:
             if self._open[batch.write] is batch:
                 self._open[batch.write] = None
 
+    def _abandon(self, batch: _Batch, slot: _Slot) -> None:
+        """Its caller was interrupted: withdraw the operation if it was not sent (it
+        is then never applied), and end its flight now, or once etcd answered."""
+        self._withdraw(batch, slot)
+        if slot.flight is not None:
+            if slot.sent and not slot.finished:
+                slot.orphaned = True  # ended by _wake
+            else:
+                slot.flight.end()
+
     def _follow(self, batch: _Batch, slot: _Slot) -> JSON | None:
         try:
             slot.wait()
         except BaseException:
-            self._withdraw(batch, slot)  # interrupted before sending: never applied
+            self._abandon(batch, slot)  # interrupted before sending: never applied
             raise
         if slot.error is not None:
+            if slot.flight is not None:
+                slot.flight.end()
             raise copy.copy(slot.error)
         if slot.retry_alone:
             return None

@@ -20,6 +20,7 @@ from gevent.pool import Group
 
 from . import validate
 from .client import Client
+from .coalesce import Flight
 from .endpoints import parse_endpoint
 from .errors import ClientClosed, InvalidArgument
 from .instances import DEFAULT_PREFIX, DEFAULT_WEIGHT
@@ -493,9 +494,12 @@ class Connector:
         *,
         lease: int | Lease | None = None,
         prev_kv: bool = False,
+        flight: Flight | None = None,
     ) -> PutResult:
         """:meth:`Client.put` under the namespace."""
-        result = self.client.put(self.namespace.key(key), value, lease=lease, prev_kv=prev_kv)
+        result = self.client.put(
+            self.namespace.key(key), value, lease=lease, prev_kv=prev_kv, flight=flight
+        )
         return self.namespace.result(result)
 
     def delete(self, key: str | bytes, *, prev_kv: bool = False) -> DeleteResult:
@@ -512,18 +516,21 @@ class Connector:
         compare: Iterable[Comparison] = (),
         success: Iterable[TxnOp] = (),
         failure: Iterable[TxnOp] = (),
+        *,
+        flight: Flight | None = None,
     ) -> TxnResult:
         """:meth:`Client.txn` with every key of every comparison and op under the
         namespace."""
         compares, then, otherwise = _listed(compare), _listed(success), _listed(failure)
         ns = self.namespace
         if not ns.root:  # nothing to rewrite: the client validates
-            return self.client.txn(compares, then, otherwise)
+            return self.client.txn(compares, then, otherwise, flight=flight)
         txn_body(compares, then, otherwise)  # validate before rewriting
         result = self.client.txn(
             [ns.comparison(c) for c in compares],
             [ns.op(op) for op in then],
             [ns.op(op) for op in otherwise],
+            flight=flight,
         )
         return ns.result(result)
 
@@ -631,6 +638,8 @@ def _unreleased(
 def _listed(items: Any) -> Any:
     """A list of a txn argument's items (iterators are read once); strings and other
     non-iterables pass through for :func:`txn_body` to refuse."""
+    if type(items) is list or type(items) is tuple:
+        return items  # read as it is (nothing keeps it)
     if isinstance(items, str | bytes) or not isinstance(items, Iterable):
         return items
     return list(items)

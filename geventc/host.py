@@ -17,6 +17,7 @@ from .errors import InvalidArgument
 if TYPE_CHECKING:
     from gevent.pool import Group
 
+    from .coalesce import Flight
     from .lease import LeaseKeeper
     from .liveness import Liveness
     from .namespace import Namespace
@@ -85,8 +86,9 @@ class RecipeHost(Protocol):
         *,
         lease: int | Lease | None = ...,
         prev_kv: bool = ...,
+        flight: Flight | None = ...,
     ) -> PutResult:
-        """Set a key."""
+        """Set a key (``flight``: see :class:`~geventc.coalesce.Flight`)."""
         ...
 
     def txn(
@@ -94,8 +96,10 @@ class RecipeHost(Protocol):
         compare: Iterable[Comparison] = ...,
         success: Iterable[TxnOp] = ...,
         failure: Iterable[TxnOp] = ...,
+        *,
+        flight: Flight | None = ...,
     ) -> TxnResult:
-        """An atomic transaction."""
+        """An atomic transaction (``flight``: see :class:`~geventc.coalesce.Flight`)."""
         ...
 
     def watch(

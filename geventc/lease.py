@@ -403,6 +403,18 @@ class LeaseKeeper:
             lease.grant()
             lease.add(listener)
             return lease
+        kept = self._shared.get(ttl)
+        granting = self._granting.get(ttl)
+        if (
+            kept is not None
+            and kept.state is not LeaseState.CLOSED
+            and (granting is None or not granting.locked())
+            and (exclusive_of is None or exclusive_of not in self._taken.get(id(kept), ()))
+        ):  # the usual case, decided without yielding: the shared lease as it is
+            if exclusive_of is not None:
+                self._taken.setdefault(id(kept), set()).add(exclusive_of)
+            kept.add(listener)
+            return kept
         # one grant per TTL even when many greenlets ask at once
         with self._granting.setdefault(ttl, BoundedSemaphore()):
             kept = self._shared.get(ttl)

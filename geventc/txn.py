@@ -42,16 +42,20 @@ class Comparison:
         out: JSON = {"key": wire.b64(self.key), "target": self.target, "result": self.result}
         if self.range_end:
             out["range_end"] = wire.b64(self.range_end)
-        field = self.target.lower()
-        if field == "mod":
-            field = "mod_revision"
-        elif field == "create":
-            field = "create_revision"
-        if isinstance(self.operand, bytes):
-            out[field] = wire.b64(self.operand)
-        else:
-            out[field] = str(self.operand)
+        operand = self.operand
+        field = _OPERAND_FIELDS[self.target]
+        out[field] = wire.b64(operand) if isinstance(operand, bytes) else str(operand)
         return out
+
+
+#: the field of a comparison's operand, by target
+_OPERAND_FIELDS = {
+    "VERSION": "version",
+    "CREATE": "create_revision",
+    "MOD": "mod_revision",
+    "VALUE": "value",
+    "LEASE": "lease",
+}
 
 
 class CompareTarget:
@@ -127,6 +131,9 @@ class TxnOp:
     kind: str
     request: JSON
     size: int
+    #: the key range the operation touches (``(key, range_end)``), when known: the
+    #: coalescer then need not decode it from ``request``
+    span: tuple[bytes, bytes] | None = None
 
     def body(self) -> JSON:
         """The gateway JSON of this operation."""
@@ -183,14 +190,19 @@ class Op:
         """Put ``value`` at ``key``, optionally attached to ``lease``."""
         k, v = validate.key(key), validate.value(value)
         body = wire.put_body(k, v, validate.lease_ref(lease), validate.boolean(prev_kv, "prev_kv"))
-        return TxnOp("request_put", body, len(k) + len(v))
+        return TxnOp("request_put", body, len(k) + len(v), (k, b""))
 
     @staticmethod
     def get(key: str | bytes, **options: Any) -> TxnOp:
         """Read ``key`` (or the prefix, with ``prefix=True``); takes the options of
         :meth:`Client.get_prefix`."""
+        if not options:  # the usual read of one key, built directly
+            k = validate.key(key)
+            return TxnOp("request_range", {"key": wire.b64(k)}, len(k), (k, b""))
         request = range_request(key, **options)
-        return TxnOp("request_range", request.body(), len(request.key))
+        return TxnOp(
+            "request_range", request.body(), len(request.key), (request.key, request.range_end)
+        )
 
     @staticmethod
     def delete(key: str | bytes, *, prefix: bool = False, prev_kv: bool = False) -> TxnOp:
@@ -202,6 +214,7 @@ class Op:
             "request_delete_range",
             wire.delete_body(k, end, validate.boolean(prev_kv, "prev_kv")),
             len(k),
+            (k, end),
         )
 
     @staticmethod
@@ -216,11 +229,14 @@ class Op:
 
 
 def _checked_list(items: Iterable[Any], name: str, kind: type) -> Sequence[Any]:
-    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+    if type(items) is list or type(items) is tuple:  # the usual case: no copy
+        listed: Sequence[Any] = items
+    elif isinstance(items, str | bytes) or not isinstance(items, Iterable):
         raise InvalidArgument(f"{name} must be a list of {kind.__name__}")
-    listed = list(items)
+    else:
+        listed = list(items)
     for item in listed:
-        if not isinstance(item, kind):
+        if type(item) is not kind and not isinstance(item, kind):
             raise InvalidArgument(
                 f"{name} must hold only {kind.__name__} values "
                 f"(built with {'Compare' if kind is Comparison else 'Op'}), "
@@ -238,15 +254,36 @@ def txn_body(
     compare: Iterable[Comparison], success: Iterable[TxnOp], failure: Iterable[TxnOp]
 ) -> tuple[JSON, int]:
     """The gateway JSON of a transaction and its payload size in bytes."""
+    body, size, _, _ = txn_parts(compare, success, failure)
+    return body, size
+
+
+def txn_parts(
+    compare: Iterable[Comparison], success: Iterable[TxnOp], failure: Iterable[TxnOp]
+) -> tuple[JSON, int, list[tuple[bytes, bytes]] | None, int]:
+    """:func:`txn_body` with what coalescing needs besides: every key range the txn
+    compares, reads or writes (None when one of its operations is a nested txn, or a
+    range is not known) and its longest list (compare, success or failure)."""
     compares = _checked_list(compare, "compare", Comparison)
     then = _checked_list(success, "success", TxnOp)
     otherwise = _checked_list(failure, "failure", TxnOp)
     body: JSON = {}
+    size = 0
+    spans: list[tuple[bytes, bytes]] | None = []
     if compares:
         body["compare"] = [c.body() for c in compares]
-    if then:
-        body["success"] = [op.body() for op in then]
-    if otherwise:
-        body["failure"] = [op.body() for op in otherwise]
-    size = sum(len(c.key) for c in compares) + sum(op.size for op in (*then, *otherwise))
-    return body, size
+        for c in compares:
+            size += len(c.key)
+            spans.append((c.key, c.range_end))  # type: ignore[union-attr]
+    for part, ops in (("success", then), ("failure", otherwise)):
+        if not ops:
+            continue
+        body[part] = [{op.kind: op.request} for op in ops]
+        for op in ops:
+            size += op.size
+            if spans is not None:
+                if op.span is None or op.kind == "request_txn":
+                    spans = None
+                else:
+                    spans.append(op.span)
+    return body, size, spans, max(len(compares), len(then), len(otherwise))

@@ -35,6 +35,7 @@ import gevent
 
 from .. import validate
 from ..channel import Channel
+from ..coalesce import Flight
 from ..errors import (
     EtcdError,
     InvalidArgument,
@@ -50,7 +51,7 @@ from ..txn import Compare, Op
 from ..watch import PrefixUpdate
 from ..wire import PutResult, RangeResult, TxnResult
 from .base import Recipe, RecipeError, Release, unconfirmed
-from .leftover import delete_guarded, let_go
+from .leftover import Joinable, delete_together, let_go
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -133,7 +134,7 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         #: or found ours): the key may sit on it even when no answer said so
         self._written_on = 0
         #: the write of a claim under way (left running by a stop that kills the claim)
-        self._writing: gevent.Greenlet[Any, Any] | None = None
+        self._writing: Flight | None = None
 
     def __repr__(self) -> str:
         return f"EphemeralKey({self.key!r})"
@@ -253,17 +254,21 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         raise EtcdError(f"key {self.key.decode()!r} kept changing while it was claimed")
 
     def _write(self, lease_id: int, send: Callable[..., W], *args: Any, **kwargs: Any) -> W:
-        """``send(*args, **kwargs)``, a write of the key on ``lease_id``, in a greenlet of
-        the connector, and its answer (or its error). A stop that kills the claim waiting
-        here leaves the write to finish, so that its deletion comes after the write."""
+        """``send(*args, **kwargs)``, a write of the key on ``lease_id``, and its answer
+        (or its error). A stop that kills the claim waiting here leaves the write to
+        finish (its :class:`Flight` ends once etcd answered it), so that its deletion
+        comes after the write."""
         self._written_on = lease_id  # from the moment it is sent, the key may be there
-        writing = self._conn.group.spawn(_outcome, send, *args, **kwargs)
+        writing = Flight()
         self._writing = writing
-        outcome = writing.get()  # killed here (by a stop): the write goes on
+        try:
+            outcome = send(*args, flight=writing, **kwargs)
+        except EtcdError:
+            self._writing = None
+            raise
+        # interrupted (by a stop): the write may go on; the stop joins its flight
         self._writing = None
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return outcome
 
     def _reclaim(self, why: str) -> None:
         """Re-create the lost key on the live lease, retrying under the policy."""
@@ -355,13 +360,15 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
         writing, self._writing = self._writing, None
         self._held, self._written_on = False, 0
         doomed = {self.key: Compare.lease(self.key) == lease.id} if mine else {}
+        in_flight: list[Joinable] = []
         try:
             if writing is not None and mine:
                 writing.join()  # a write under way first (its deletion must follow it)
-            if mine:
-                delete_guarded(self._conn, doomed)
+            if mine:  # with every key stopped now (20,000 at once: 158 requests)
+                delete_together(self._conn, self.key, doomed[self.key], in_flight=in_flight)
         except BaseException:  # no answer, or out of time: let go without waiting
-            after = [writing] if writing is not None and mine else []
+            after: list[Joinable] = [writing] if writing is not None and mine else []
+            after += in_flight  # the deletion under way first
             self._leftover = let_go(
                 self._conn, lease, self._on_lease, doomed, after=after, owner=self
             )
@@ -385,12 +392,3 @@ class EphemeralKey(Recipe[EphemeralEvent | Staleness]):
 
     def _expires_in(self) -> float | None:
         return self._leftover
-
-
-def _outcome(send: Callable[..., W], *args: Any, **kwargs: Any) -> W | EtcdError:
-    """The answer of ``send`` or its error (returned, not raised: the greenlet that
-    waits for it raises it; nobody else needs to hear of it)."""
-    try:
-        return send(*args, **kwargs)
-    except EtcdError as exc:
-        return exc

@@ -22,19 +22,22 @@ never removes a newer key of the same name. The guarantees:
 
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 
 from .. import validate
-from ..errors import EtcdError
+from ..coalesce import Flight
+from ..errors import ClientClosed, EtcdError
 from ..lease import KeptLease, LeaseState
 from ..retry import Backoff
-from ..txn import Compare, Comparison, Op
+from ..txn import Compare, Comparison, Op, TxnOp
+from ..wire import JSON, b64
 
 if TYPE_CHECKING:
     from ..host import RecipeHost
@@ -47,6 +50,14 @@ BULK_INFLIGHT = 4
 
 #: Keys to delete, each with the guard under which its deletion may happen.
 Leftovers = Mapping[bytes, Comparison]
+
+
+class Joinable(Protocol):
+    """A write under way that can be waited for: a greenlet or a
+    :class:`~geventc.coalesce.Flight`."""
+
+    def join(self, timeout: float | None = None) -> Any:
+        """Wait until it ended."""
 
 
 def created_at(keys: Mapping[bytes, int]) -> dict[bytes, Comparison]:
@@ -87,6 +98,106 @@ def delete_guarded(conn: RecipeHost, leftovers: Leftovers) -> None:
     finally:
         for sender in senders:
             sender.kill(block=False)
+
+
+class _Chunk:
+    """Up to ``MAX_TXN_OPS - 1`` guarded deletions sent as one txn; its flight ends
+    once etcd answered (``error`` set when it failed). Each caller waits on its own
+    chunk's flight: never thousands of waiters on one event."""
+
+    __slots__ = ("entries", "error", "flight", "sent")
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.flight = Flight()
+        self.error: EtcdError | None = None
+        self.sent = False
+
+
+class _Entry:
+    """One caller's deletion: its key and its guard."""
+
+    __slots__ = ("guard", "key", "withdrawn")
+
+    def __init__(self, key: bytes, guard: Comparison) -> None:
+        self.key = key
+        self.guard = guard
+        self.withdrawn = False
+
+
+#: the chunks being gathered during this turn of the event loop, per connector
+_GATHERING: dict[int, list[_Chunk]] = {}
+
+
+def delete_together(
+    conn: RecipeHost, key: bytes, guard: Comparison, *, in_flight: list[Joinable]
+) -> None:
+    """Delete ``key`` while ``guard`` holds, together with every other key whose
+    deletion is asked for during the same turn of the event loop (one request per
+    ``MAX_TXN_OPS - 1`` keys, up to :data:`BULK_INFLIGHT` on their way at once, each
+    key in a nested txn of its own, as :func:`delete_guarded` does): 20,000 keys
+    stopped at once cost 158 requests, not 20,000 calls. Returns once etcd confirmed
+    the request that carried it; raises that request's error. A caller interrupted
+    before its deletion was sent withdraws it (never sent); interrupted after, it finds
+    the request's :class:`Flight` in ``in_flight`` (a deletion sent after it ended comes
+    after this one)."""
+    chunks = _GATHERING.get(id(conn))
+    if chunks is None:
+        chunks = _GATHERING[id(conn)] = []
+        gevent.get_hub().loop.run_callback(_send_all, conn, chunks)
+    if not chunks or len(chunks[-1].entries) >= validate.MAX_TXN_OPS - 1:
+        chunks.append(_Chunk())
+    chunk = chunks[-1]
+    entry = _Entry(key, guard)
+    chunk.entries.append(entry)
+    try:
+        chunk.flight.join()
+    except BaseException:
+        if not chunk.sent:
+            entry.withdrawn = True  # never sent
+        elif not chunk.flight.ended:
+            in_flight.append(chunk.flight)
+        raise
+    if chunk.error is not None:
+        raise copy.copy(chunk.error)
+
+
+def _send_all(conn: RecipeHost, chunks: list[_Chunk]) -> None:
+    """Send the chunks gathered during one loop turn (a loop callback, run once every
+    caller ready in that turn asked)."""
+    if _GATHERING.get(id(conn)) is chunks:
+        del _GATHERING[id(conn)]
+    queue = iter(chunks)
+
+    def send() -> None:
+        for chunk in queue:
+            chunk.sent = True
+            try:
+                ops = [
+                    TxnOp(
+                        "request_txn",
+                        {"compare": [e.guard.body()], "success": [_deletion(e.key)]},
+                        len(e.key),
+                    )
+                    for e in chunk.entries
+                    if not e.withdrawn
+                ]
+                if ops:
+                    conn.txn([], ops)
+            except EtcdError as exc:
+                chunk.error = exc
+            except BaseException:
+                chunk.error = ClientClosed("the deletion was interrupted (closing)")
+                raise
+            finally:
+                chunk.flight.end()
+
+    for _ in range(min(BULK_INFLIGHT, len(chunks))):
+        conn.group.spawn(send)
+
+
+def _deletion(key: bytes) -> JSON:
+    return {"request_delete_range": {"key": b64(key)}}
 
 
 def gone_with(conn: RecipeHost, lease: KeptLease | None, lease_id: int | None = None) -> bool:
@@ -131,12 +242,13 @@ def let_go(
     leftovers: Leftovers,
     *,
     then: Callable[[], None] | None = None,
-    after: Iterable[gevent.Greenlet[Any, Any]] = (),
+    after: Iterable[Joinable] = (),
     owner: object = "",
 ) -> float | None:
     """Give back ``listener``'s share of ``lease`` without waiting for etcd, with the
     ``leftovers`` on it that could not be deleted in time (see the module docstring),
-    once the writes ``after`` (greenlets of writes of them still under way) ended.
+    once the writes ``after`` (writes of them still under way: their greenlets or
+    :class:`~geventc.coalesce.Flight`) ended.
     Returns about how many seconds the leftovers stay (None: until a background
     deletion succeeds). ``then`` runs once nothing more is deleted on the holder's
     behalf (to drop a name it reserved for the keys). The leftovers of every holder of
@@ -161,7 +273,7 @@ class _Share:
     listener: LeaseListener
     leftovers: dict[bytes, Comparison]
     then: Callable[[], None] | None
-    after: list[gevent.Greenlet[Any, Any]]
+    after: list[Joinable]
     owner: object
 
 
@@ -196,7 +308,9 @@ class _Sweeper:
             while self.pending:
                 gevent.sleep(0)  # every holder letting go now joins this round
                 taken, self.pending = self.pending, []
-                gevent.joinall([g for share in taken for g in share.after])
+                for share in taken:
+                    for write in share.after:
+                        write.join()
                 leftovers = {k: v for share in taken for k, v in share.leftovers.items()}
                 owner = taken[0].owner if len(taken) == 1 else f"{len(taken)} holders"
 
