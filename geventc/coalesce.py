@@ -215,25 +215,31 @@ class _Slot:
             self.waiter.get()
 
 
-def _wake(slots: list[_Slot]) -> None:
-    """Resume the callers of ``slots``, whose outcomes are known, at the event loop's
-    next turn (a zero timer): ahead of greenlets that are merely ready to run (a
-    process that just spawned thousands of them would otherwise let the answered ones
-    wait behind all of them, past their deadlines), and without a loop callback each."""
-    for slot in slots:
-        slot.finished = True
-        if slot.orphaned:
-            slot.flight.end()  # type: ignore[union-attr]
+def resume_soon(waiters: Iterable[Waiter[Any]]) -> None:
+    """Resume the greenlets waiting in ``waiters`` (each in ``Waiter.get()``) at the
+    event loop's next turn (a zero timer): ahead of greenlets that are merely ready to
+    run (a process that just spawned thousands of them would otherwise let the answered
+    ones wait behind all of them, past their deadlines), and without a loop callback
+    each. A waiter whose greenlet stopped waiting meanwhile (interrupted) is skipped."""
     loop = get_hub().loop
     timer = loop.timer(0)
 
     def resume() -> None:
         timer.close()
-        for slot in slots:
-            if slot.waiter.greenlet is not None:
-                slot.waiter.switch(None)
+        for waiter in waiters:
+            if waiter.greenlet is not None:
+                waiter.switch(None)
 
     timer.start(resume)
+
+
+def _wake(slots: list[_Slot]) -> None:
+    """Resume the callers of ``slots``, whose outcomes are known (:func:`resume_soon`)."""
+    for slot in slots:
+        slot.finished = True
+        if slot.orphaned:
+            slot.flight.end()  # type: ignore[union-attr]
+    resume_soon([slot.waiter for slot in slots])
 
 
 class _Batch:

@@ -80,15 +80,24 @@ class Namespace:
         """A KV or txn result with every key stripped."""
         if not self.root:
             return result
+        # a result without keys in it is returned as it is (most writes' results)
         if isinstance(result, RangeResult):
+            if not result.kvs:
+                return result
             return dataclasses.replace(result, kvs=tuple(self.kv(kv) for kv in result.kvs))
         if isinstance(result, PutResult):
+            if result.prev_kv is None:
+                return result
             return dataclasses.replace(result, prev_kv=self.kv(result.prev_kv))
         if isinstance(result, DeleteResult):
+            if not result.prev_kvs:
+                return result
             return dataclasses.replace(
                 result, prev_kvs=tuple(self.kv(kv) for kv in result.prev_kvs)
             )
         nested: tuple[Any, ...] = tuple(self.result(r) for r in result.responses)  # type: ignore[type-var]
+        if all(new is old for new, old in zip(nested, result.responses, strict=True)):
+            return result
         return dataclasses.replace(result, responses=nested)
 
     def watch_response(self, response: WatchResponse) -> WatchResponse:

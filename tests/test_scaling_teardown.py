@@ -184,3 +184,39 @@ def test_leftovers_of_many_holders_are_deleted_together(private_server: EtcdServ
         assert conn.get("/kept") is not None and lease.id in conn.leases()
     finally:
         conn.close()
+
+
+def test_deleting_many_keys_at_once_sends_the_first_chunk_while_others_still_stop(
+    private_server: EtcdServer,
+) -> None:
+    """1,000 ephemeral keys deleted at once, one greenlet each: a full chunk of their
+    deletions goes to etcd before the last of the stops has run (it did not: every
+    stop ran first, so with 20,000 the first request left after their stop timeout),
+    every deletion is confirmed, and they share a handful of requests."""
+    conn = geventc.connect(private_server.endpoints)
+    try:
+        keys = [conn.ephemeral_key(f"/bulk/k{i}") for i in range(1000)]
+        gevent.joinall([gevent.spawn(k.create, "v", ttl=10) for k in keys], raise_error=True)
+        order: list[str] = []
+        real = conn.txn
+
+        def txn(*args: object, **kwargs: object) -> object:
+            order.append("sent")
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        conn.txn = txn  # type: ignore[method-assign]
+
+        def delete(key: geventc.EphemeralKey) -> object:
+            order.append("stop")
+            return key.delete()
+
+        before = served(private_server)
+        releases = [gevent.spawn(delete, key) for key in keys]
+        gevent.joinall(releases, raise_error=True)
+        assert all(release.value for release in releases)  # every deletion confirmed
+        last_stop = len(order) - 1 - order[::-1].index("stop")
+        assert "sent" in order[:last_stop], "no deletion left before every stop had run"
+        assert conn.get_prefix("/bulk/", count_only=True).count == 0
+        assert (served(private_server) - before)["Txn"] <= 12  # 1,000 keys: 8 chunks
+    finally:
+        conn.close()

@@ -25,14 +25,16 @@ from __future__ import annotations
 import copy
 import logging
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
+from gevent.hub import Waiter
 
 from .. import validate
-from ..coalesce import Flight
+from ..coalesce import Flight, resume_soon
 from ..errors import ClientClosed, EtcdError
 from ..lease import KeptLease, LeaseState
 from ..retry import Backoff
@@ -102,16 +104,18 @@ def delete_guarded(conn: RecipeHost, leftovers: Leftovers) -> None:
 
 class _Chunk:
     """Up to ``MAX_TXN_OPS - 1`` guarded deletions sent as one txn; its flight ends
-    once etcd answered (``error`` set when it failed). Each caller waits on its own
-    chunk's flight: never thousands of waiters on one event."""
+    once etcd answered (``error`` set when it failed). Each caller waits in a waiter of
+    its own, all resumed at once (:func:`~geventc.coalesce.resume_soon`)."""
 
-    __slots__ = ("entries", "error", "flight", "sent")
+    __slots__ = ("done", "entries", "error", "flight", "sent", "waiters")
 
     def __init__(self) -> None:
         self.entries: list[_Entry] = []
+        self.waiters: list[Waiter[Any]] = []
         self.flight = Flight()
         self.error: EtcdError | None = None
         self.sent = False
+        self.done = False
 
 
 class _Entry:
@@ -125,75 +129,129 @@ class _Entry:
         self.withdrawn = False
 
 
-#: the chunks being gathered during this turn of the event loop, per connector
-_GATHERING: dict[int, list[_Chunk]] = {}
+class _Bulk:
+    """The bulk deletions of one connector: the chunk being filled during this loop
+    turn, the full chunks waiting for a sender, and how many are on their way."""
+
+    __slots__ = ("conn", "filling", "flushing", "inflight", "waiting")
+
+    def __init__(self, conn: RecipeHost) -> None:
+        self.conn = conn
+        self.filling: _Chunk | None = None
+        self.flushing = False  # the end-of-turn callback is scheduled
+        self.waiting: deque[_Chunk] = deque()
+        self.inflight = 0
+
+    def add(self, entry: _Entry) -> _Chunk:
+        """Put ``entry`` into the chunk being filled; a chunk that is full goes at once
+        (etcd works while the other callers of this turn still run), the rest at the
+        end of the turn."""
+        chunk = self.filling
+        if chunk is None:
+            chunk = self.filling = _Chunk()
+        chunk.entries.append(entry)
+        if len(chunk.entries) >= validate.MAX_TXN_OPS - 1:
+            self.filling = None
+            self.dispatch(chunk)
+        elif not self.flushing:
+            self.flushing = True
+            gevent.get_hub().loop.run_callback(self.flush)
+        return chunk
+
+    def flush(self) -> None:
+        """End of the loop turn: what was gathered goes."""
+        self.flushing = False
+        chunk, self.filling = self.filling, None
+        if chunk is not None:
+            self.dispatch(chunk)
+
+    def dispatch(self, chunk: _Chunk) -> None:
+        """Send ``chunk`` now, or after one of the :data:`BULK_INFLIGHT` chunks on their
+        way; a sender starts at the loop's next turn (a timer), ahead of the greenlets
+        merely ready to run."""
+        if self.inflight >= BULK_INFLIGHT:
+            self.waiting.append(chunk)
+            return
+        self.inflight += 1
+        sender: gevent.Greenlet[..., Any] = gevent.Greenlet(self.send, chunk)
+        self.conn.group.add(sender)
+        sender.start_later(0)
+
+    def send(self, chunk: _Chunk) -> None:
+        """Send ``chunk``, then every chunk still waiting, one after the other."""
+        try:
+            while True:
+                _send_chunk(self.conn, chunk)
+                if not self.waiting:
+                    return
+                chunk = self.waiting.popleft()
+        finally:
+            self.inflight -= 1
+            idle = not self.inflight and not self.waiting and self.filling is None
+            if idle and _BULKS.get(id(self.conn)) is self:
+                del _BULKS[id(self.conn)]
+
+
+def _send_chunk(conn: RecipeHost, chunk: _Chunk) -> None:
+    chunk.sent = True
+    try:
+        ops = [
+            TxnOp(
+                "request_txn",
+                {"compare": [e.guard.body()], "success": [_deletion(e.key)]},
+                len(e.key),
+            )
+            for e in chunk.entries
+            if not e.withdrawn
+        ]
+        if ops:
+            conn.txn([], ops)
+    except EtcdError as exc:
+        chunk.error = exc
+    except BaseException:
+        chunk.error = ClientClosed("the deletion was interrupted (closing)")
+        raise
+    finally:
+        chunk.done = True
+        chunk.flight.end()
+        resume_soon(chunk.waiters)
+
+
+#: the bulk deletions under way, per connector (by id: removed once idle)
+_BULKS: dict[int, _Bulk] = {}
 
 
 def delete_together(
     conn: RecipeHost, key: bytes, guard: Comparison, *, in_flight: list[Joinable]
 ) -> None:
     """Delete ``key`` while ``guard`` holds, together with every other key whose
-    deletion is asked for during the same turn of the event loop (one request per
-    ``MAX_TXN_OPS - 1`` keys, up to :data:`BULK_INFLIGHT` on their way at once, each
-    key in a nested txn of its own, as :func:`delete_guarded` does): 20,000 keys
-    stopped at once cost 158 requests, not 20,000 calls. Returns once etcd confirmed
+    deletion is asked for meanwhile (one request per ``MAX_TXN_OPS - 1`` keys, sent as
+    soon as it is full or at the end of the loop turn, up to :data:`BULK_INFLIGHT` on
+    their way at once, each key in a nested txn of its own, as :func:`delete_guarded`
+    does): 20,000 keys stopped at once cost 158 requests, not 20,000 calls, and the
+    first goes while the others are still being stopped. Returns once etcd confirmed
     the request that carried it; raises that request's error. A caller interrupted
     before its deletion was sent withdraws it (never sent); interrupted after, it finds
     the request's :class:`Flight` in ``in_flight`` (a deletion sent after it ended comes
     after this one)."""
-    chunks = _GATHERING.get(id(conn))
-    if chunks is None:
-        chunks = _GATHERING[id(conn)] = []
-        gevent.get_hub().loop.run_callback(_send_all, conn, chunks)
-    if not chunks or len(chunks[-1].entries) >= validate.MAX_TXN_OPS - 1:
-        chunks.append(_Chunk())
-    chunk = chunks[-1]
+    bulk = _BULKS.get(id(conn))
+    if bulk is None or bulk.conn is not conn:
+        bulk = _BULKS[id(conn)] = _Bulk(conn)
     entry = _Entry(key, guard)
-    chunk.entries.append(entry)
+    chunk = bulk.add(entry)
     try:
-        chunk.flight.join()
+        if not chunk.done:
+            waiter: Waiter[Any] = Waiter()
+            chunk.waiters.append(waiter)
+            waiter.get()
     except BaseException:
         if not chunk.sent:
             entry.withdrawn = True  # never sent
-        elif not chunk.flight.ended:
+        elif not chunk.done:
             in_flight.append(chunk.flight)
         raise
     if chunk.error is not None:
         raise copy.copy(chunk.error)
-
-
-def _send_all(conn: RecipeHost, chunks: list[_Chunk]) -> None:
-    """Send the chunks gathered during one loop turn (a loop callback, run once every
-    caller ready in that turn asked)."""
-    if _GATHERING.get(id(conn)) is chunks:
-        del _GATHERING[id(conn)]
-    queue = iter(chunks)
-
-    def send() -> None:
-        for chunk in queue:
-            chunk.sent = True
-            try:
-                ops = [
-                    TxnOp(
-                        "request_txn",
-                        {"compare": [e.guard.body()], "success": [_deletion(e.key)]},
-                        len(e.key),
-                    )
-                    for e in chunk.entries
-                    if not e.withdrawn
-                ]
-                if ops:
-                    conn.txn([], ops)
-            except EtcdError as exc:
-                chunk.error = exc
-            except BaseException:
-                chunk.error = ClientClosed("the deletion was interrupted (closing)")
-                raise
-            finally:
-                chunk.flight.end()
-
-    for _ in range(min(BULK_INFLIGHT, len(chunks))):
-        conn.group.spawn(send)
 
 
 def _deletion(key: bytes) -> JSON:
