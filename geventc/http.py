@@ -24,8 +24,10 @@ exchange itself. A unary request (:meth:`HTTPPools.request`) takes one of two en
 * without it, urllib3's own ``HTTPConnection.request()`` and ``getresponse()``, the
   head and body also sent in one write (so etcd wakes once per request, not twice).
 
-Watch streams always take urllib3's response (read as data comes). Both engines give
-the same errors for the same failures.
+A watch stream (:meth:`HTTPPools.open_stream`) takes the same engine: with httptools its
+head and then its chunked body, as data comes, are parsed from the socket's bytes;
+without, urllib3's response reads it. Both engines give the same errors for the same
+failures.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ log = logging.getLogger("geventc")
 #: How long after an exchange's timeout an answer still trickling in is cut off.
 DEADLINE_GRACE = 0.05
 _READ_SIZE = 65536
+#: Bytes a stream read with httptools receives at most per read (as http.client's
+#: buffered reader of a urllib3 stream; one per stream, which lives long).
+_STREAM_READ_SIZE = 8192
 #: Headers every request carries: no User-Agent (etcd ignores it), identity encoding
 #: (the body is read as is, never decoded).
 BASE_HEADERS: Mapping[str, str] = {"User-Agent": SKIP_HEADER, "Accept-Encoding": "identity"}
@@ -410,85 +415,281 @@ class HTTPStream:
     Reads block until data comes (no read timeout: a stream may be idle for long);
     :meth:`interrupt` from another greenlet ends a read in progress, :meth:`close`
     gives the connection up for good. Neither ever raises.
+
+    The body is read by one of two engines, as unary answers are: with httptools the
+    stream's own socket is read and its bytes fed to the parser that read the head
+    (:class:`_StreamReader`), which hands the de-chunked body straight to the line
+    buffer; without it (``response`` given), urllib3's response (http.client's chunked
+    reading). Both give the same lines, ends and errors: ``b""`` once the server ended
+    the body (or the stream was interrupted or closed), :class:`StreamBroken` when the
+    connection broke or the body is not valid HTTP.
     """
 
     def __init__(
         self,
-        response: urllib3.BaseHTTPResponse,
+        response: urllib3.BaseHTTPResponse | None,
         endpoint: str,
         connection: HTTPConnection | None = None,
         sock: Any = None,
+        *,
+        parsed: _StreamReader | None = None,
     ) -> None:
         self._response: urllib3.BaseHTTPResponse | None = response
         #: the connection the stream owns (closed with it) and its socket, taken before
         #: the answer came (http.client forgets it when the answer says "close")
         self._connection = connection
         self._sock = sock
-        self._buffer = bytearray()
+        #: httptools' state of this stream's answer (None with urllib3's response)
+        self._parsed = parsed
+        self._buffer = parsed.buffer if parsed is not None else bytearray()
+        self._open = response is not None or parsed is not None
+        self._interrupted = False
+        #: the greenlet reading now (a close() from another one leaves the connection to
+        #: it: its read must end before the response and the socket close)
+        self._reader: Any = None
         #: the endpoint that answered
         self.endpoint = endpoint
 
     def __repr__(self) -> str:
-        state = "open" if self._response is not None else "closed"
+        state = "open" if self._open else "closed"
         return f"HTTPStream({self.endpoint!r}, {state})"
 
     def read_chunk(self) -> bytes:
         """The next bytes the server sent, as soon as there are any; ``b""`` once the
         stream ended (or was closed). Raises :class:`StreamBroken`."""
-        response = self._response
-        if response is None:
+        if self._parsed is None:
+            response = self._response
+            if response is None or not self._open:
+                return b""
+            self._reader = getcurrent()
+            try:
+                return response.read1(_READ_SIZE)
+            except (HTTPError, OSError) as exc:
+                raise StreamBroken(str(exc)) from None
+            finally:
+                self._reader = None
+                if self._closed():  # closed from another greenlet while this one read
+                    self._release()
+        if not self._buffer and not self._fill():
             return b""
-        try:
-            return response.read1(_READ_SIZE)
-        except (HTTPError, OSError) as exc:
-            raise StreamBroken(str(exc)) from None
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
+        return chunk
 
     def read_line(self, limit: int) -> bytes:
         """The next line that is not blank, without its newline; ``b""`` once the stream
         ended. A line longer than ``limit`` bytes raises :class:`ProtocolError`;
         a broken connection :class:`StreamBroken`."""
+        buffer = self._buffer
+        parsed = self._parsed is not None
         while True:
-            end = self._buffer.find(b"\n")
+            end = buffer.find(b"\n")
             while end < 0:
-                chunk = self.read_chunk()
-                if not chunk:
-                    return b""
-                self._buffer += chunk
-                if len(self._buffer) > limit:
+                searched = len(buffer)
+                if parsed:
+                    if not self._fill():
+                        return b""
+                else:
+                    chunk = self.read_chunk()
+                    if not chunk:
+                        return b""
+                    buffer += chunk
+                if len(buffer) > limit:
                     raise errors.ProtocolError(
                         f"a streamed message is larger than {limit} bytes "
                         "(Transport.max_response_bytes)",
                         endpoint=self.endpoint,
                     )
-                end = self._buffer.find(b"\n")
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
+                end = buffer.find(b"\n", searched)
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
             if line.strip():
                 return line
 
+    def _fill(self) -> bool:
+        """Read from the socket until the parser added body bytes to the buffer: True,
+        or False at the end of the stream (its body complete, or the stream
+        interrupted or closed). Raises :class:`StreamBroken`."""
+        parsed, sock = self._parsed, self._sock
+        if parsed is None:
+            return False
+        receive = parsed.receive
+        buffer = self._buffer
+        before = len(buffer)
+        connection = self._connection if isinstance(self._connection, _Connection) else None
+        waits = connection
+        self._reader = getcurrent()
+        try:
+            while len(buffer) == before:
+                if parsed.complete or self._stopped():
+                    return False
+                if parsed.broken is not None:
+                    raise StreamBroken(parsed.broken)
+                try:
+                    if waits:
+                        # the last read emptied the socket: wait until it has more (the
+                        # interrupt's shutdown wakes this too), sparing gevent's recv its
+                        # failed try first (a system call and an exception per message)
+                        waits.wait_readable(sock)
+                    count = sock.recv_into(receive)
+                except (OSError, ValueError) as exc:  # ValueError: TLS shut down
+                    if self._stopped():
+                        return False
+                    raise StreamBroken(str(exc) or type(exc).__name__) from None
+                if not count:
+                    if self._stopped():
+                        return False
+                    raise StreamBroken("etcd closed the connection in the middle of the stream")
+                waits = connection if count < len(receive) else None
+                try:
+                    parsed.parser.feed_data(memoryview(receive)[:count])
+                except parsed.failure as exc:
+                    if not parsed.complete:  # (the body bytes before the error are kept)
+                        parsed.broken = f"the stream is not valid HTTP: {exc}"
+            return True
+        finally:
+            self._reader = None
+            if not self._open:  # closed from another greenlet while this one read
+                self._release()
+
+    def _closed(self) -> bool:
+        """The stream was closed."""
+        return not self._open
+
+    def _stopped(self) -> bool:
+        """The stream was interrupted or closed (its reads end)."""
+        return self._interrupted or not self._open
+
     def interrupt(self) -> None:
         """End a read in progress (in another greenlet): it sees the end of the stream."""
-        if self._response is None:
+        if not self._open:
             return
+        self._interrupted = True
         with contextlib.suppress(ValueError, RuntimeError, OSError):
             if self._sock is not None:
                 self._sock.shutdown(socket.SHUT_RD)
-            else:  # a response from urllib3's pool knows its socket itself
+            elif self._response is not None:  # a response from urllib3's pool knows its socket
                 self._response.shutdown()
 
     def close(self) -> None:
         """Give up the stream and its connection (idempotent)."""
-        self.interrupt()
-        response, self._response = self._response, None
-        if response is None:
+        if not self._open:
             return
-        with contextlib.suppress(OSError, HTTPError):
-            response.close()
-            response.release_conn()
+        self.interrupt()
+        self._open = False
+        if self._reader is None or self._reader is getcurrent():
+            self._release()
+        # else the reading greenlet, woken by the interrupt, releases the connection (a
+        # response or socket closed under a read would fail it, or leave it waiting)
+
+    def _release(self) -> None:
+        """Close the response and the connection, and let go of the parser."""
+        response, self._response = self._response, None
+        if response is not None:
+            with contextlib.suppress(OSError, HTTPError):
+                response.close()
+                response.release_conn()
+        if self._parsed is not None:
+            self._parsed.parser = None  # (the parser refers to its reader)
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(OSError):
                 connection.close()
+
+
+class _StreamReader:
+    """What httptools found of a stream's answer (its callbacks): the head, then the
+    body, de-chunked, appended to ``buffer`` (the stream's line buffer, or the whole
+    body of an answer that is not 200)."""
+
+    __slots__ = ("broken", "buffer", "complete", "failure", "headed", "parser", "receive")
+
+    def __init__(self, failure: type[Exception]) -> None:
+        self.buffer = bytearray()
+        #: the stream's receive buffer (one per stream)
+        self.receive = bytearray(_STREAM_READ_SIZE)
+        self.headed = False
+        self.complete = False
+        #: why the body cannot be read on (it was not valid HTTP), once it cannot
+        self.broken: str | None = None
+        #: the parser's error (httptools' ``HttpParserError``)
+        self.failure = failure
+        self.parser: Any = None  # set once made (it is made with this reader)
+
+    def finished(self) -> bool:
+        """The whole answer was read."""
+        return self.complete
+
+    def has_head(self) -> bool:
+        """The head of the answer (not an informational one) was read."""
+        return self.headed
+
+    def on_headers_complete(self) -> None:
+        self.headed = True
+
+    def on_body(self, data: bytes) -> None:
+        self.buffer += data
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:  # informational (1xx): the answer follows
+            self.headed = False
+            return
+        self.complete = True
+
+
+def _open_parsed(
+    parser: Any, conn: _Connection, head: bytes, body: bytes, limit: int, endpoint: str
+) -> _StreamReader | Answer:
+    """Send a stream's request on the connected ``conn`` and read its answer's head with
+    httptools: the reader of the stream when it is 200 (the body is left to the
+    stream), else the whole answer. The caller's timer bounds this."""
+    sock = conn.sock
+    assert sock is not None  # connected by the caller
+    sock.settimeout(None)  # a stream has no read timeout; the caller's timer bounds the head
+    sock.sendall(_request_bytes(head, body))
+    reader = _StreamReader(parser.HttpParserError)
+    answer = reader.parser = parser.HttpResponseParser(reader)
+    buffer = reader.receive
+    view = memoryview(buffer)
+    received = 0
+    try:
+        while not reader.headed:
+            count = sock.recv_into(buffer)
+            if not count:
+                if received == 0:
+                    raise RemoteDisconnected("Remote end closed connection without response")
+                raise IncompleteRead(bytes(reader.buffer))
+            received += count
+            try:
+                answer.feed_data(view[:count])
+            except parser.HttpParserError as exc:
+                if not reader.has_head() or answer.get_status_code() != 200:
+                    raise
+                # the body went wrong after a 200 head: the stream's reads say so
+                reader.broken = f"the stream is not valid HTTP: {exc}"
+            if not reader.has_head() and received > HEAD_LIMIT:
+                raise errors.ProtocolError(
+                    f"etcd's answer has a head larger than {HEAD_LIMIT} bytes", endpoint=endpoint
+                )
+        status = int(answer.get_status_code())
+        if status == 200:
+            return reader
+        while not reader.complete:  # the whole answer, within ``limit``
+            if len(reader.buffer) > limit or received > limit + HEAD_LIMIT:
+                raise errors.ProtocolError(
+                    f"etcd's answer is larger than {limit} bytes (Transport.max_response_bytes)",
+                    endpoint=endpoint,
+                )
+            count = sock.recv_into(buffer)
+            if not count:
+                raise IncompleteRead(bytes(reader.buffer))
+            received += count
+            answer.feed_data(view[:count])
+        reader.parser = None
+        return Answer(status, bytes(reader.buffer))
+    except BaseException:
+        reader.parser = None
+        raise
 
 
 class HTTPPools:
@@ -600,6 +801,14 @@ class HTTPPools:
             conn = self._take(pool, endpoint, timeout)
             self._connect(conn, endpoint, timeout)
             sock = conn.sock
+            if self.parser is not None:
+                head = self._head(endpoint, "POST", path, headers)
+                opened = _open_parsed(self.parser, conn, head, body, limit, endpoint)
+                if isinstance(opened, Answer):
+                    return opened
+                stream = HTTPStream(None, endpoint, conn, sock, parsed=opened)
+                conn = None  # the stream owns it now
+                return stream
             response = self._send(conn, "POST", path, body, headers, timeout, stream=True)
             if response.status == 200:
                 stream = HTTPStream(response, endpoint, conn, sock)

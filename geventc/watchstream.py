@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("geventc")
 
 _RETRY_PAUSE = 0.05
+#: One stream message's JSON, read as ``json.loads`` reads it (the same documents
+#: accepted and refused) without its wrappers: its encoding sniffing, its whitespace
+#: regular expression (a message is UTF-8, as JSON on the wire must be).
+_DECODE = json.JSONDecoder().raw_decode
+_JSON_SPACE = " \t\n\r"
 _AUTH_REASONS = status.TOKEN_EXPIRED_MESSAGES
 
 
@@ -227,18 +232,25 @@ class WatchStream:
         self._seen_revision = max(self._seen_revision, response.header.revision)
         if response.created:
             return None
-        fresh = tuple(e for e in response.events if e.kv.mod_revision >= self.start_revision)
+        events = response.events
+        if not events or events[0].kv.mod_revision >= self.start_revision:
+            fresh = events  # (a response's events come in revision order)
+        else:
+            fresh = tuple(e for e in events if e.kv.mod_revision >= self.start_revision)
         if fresh:
             self.start_revision = fresh[-1].kv.mod_revision + 1
         elif response.is_progress_notify:
             self.start_revision = max(self.start_revision, response.header.revision + 1)
         elif response.events:
             return None  # every event was a replay of something already delivered
-        if len(fresh) != len(response.events):
+        if fresh is not events:
             response = WatchResponse(header=response.header, events=fresh)
         return self.transform(response) if self.transform else response
 
     def _decode(self, message: Any) -> WatchResponse:
+        usual = type(message) is dict and "result" in message
+        if usual and "error" not in message and "code" not in message:  # (no error in it)
+            return wire.decode("watch", wire.watch_response, message["result"])
         error = status.error_from_object(message, self._endpoint)
         if error is not None:
             raise error
@@ -272,9 +284,15 @@ class WatchStream:
         if not line:
             raise _StreamEnded("etcd closed the watch stream")
         try:
-            return json.loads(line)
+            text = line.decode("utf-8")
+            if text[0] in _JSON_SPACE:  # (the gateway's lines start with their document)
+                text = text.lstrip(_JSON_SPACE)
+            message, end = _DECODE(text)
+            if end != len(text) and text[end:].strip(_JSON_SPACE):
+                raise ValueError("extra data after the JSON document")
         except (ValueError, RecursionError):
             raise errors.ProtocolError("malformed watch message", endpoint=self._endpoint) from None
+        return message
 
     def _interrupt(self) -> None:
         if self._stream is not None:
