@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import geventc
+from geventc import http as geventc_http
 from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
 
@@ -41,3 +42,14 @@ def private_server() -> Iterator[EtcdServer]:
     metrics count only this test's work)."""
     with EtcdServer(fsync=False) as server:
         yield server
+
+
+@pytest.fixture(params=["httptools", "urllib3"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The answer parser of the pools and clients a test makes: httptools (skipped when
+    it is not installed) or urllib3's own responses (geventc's fallback)."""
+    if request.param == "httptools" and geventc_http.ANSWER_PARSER is None:
+        pytest.skip("httptools is not installed")
+    if request.param == "urllib3":
+        monkeypatch.setattr(geventc_http, "ANSWER_PARSER", None)
+    return str(request.param)

@@ -36,16 +36,6 @@ class CountingGateway(FakeGateway):
         super()._serve(sock, address)
 
 
-@pytest.fixture(params=["httptools", "urllib3"])
-def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Clients made in the test use this engine."""
-    if request.param == "httptools" and geventc_http.ANSWER_PARSER is None:
-        pytest.skip("httptools is not installed")
-    if request.param == "urllib3":
-        monkeypatch.setattr(geventc_http, "ANSWER_PARSER", None)
-    return str(request.param)
-
-
 @pytest.fixture
 def fake() -> Iterator[CountingGateway]:
     with greenlets_end(), CountingGateway() as gateway:

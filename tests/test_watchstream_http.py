@@ -37,16 +37,6 @@ STREAM_HEAD = (
 Handler = Callable[[socket.socket], None]
 
 
-@pytest.fixture(params=["httptools", "urllib3"])
-def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Pools and clients made in the test use this engine."""
-    if request.param == "httptools" and geventc_http.ANSWER_PARSER is None:
-        pytest.skip("httptools is not installed")
-    if request.param == "urllib3":
-        monkeypatch.setattr(geventc_http, "ANSWER_PARSER", None)
-    return str(request.param)
-
-
 def _read_request(sock: socket.socket) -> str:
     """Read one request (a head and a body within one read or a few); its path."""
     data = b""
