@@ -69,6 +69,10 @@ def test_put_get_del(etcd: EtcdTestContext) -> None:
     missing = run(*endpoint_args(etcd), "get", etcd.key("nope"))
     assert missing.code == 1 and missing.stdout == ""
     assert_error_line(missing.stderr, "not found")
+    # nothing under a prefix is a missing key too (exit 1, as README's table says)
+    empty = run(*endpoint_args(etcd), "get", "--prefix", etcd.key("nope"))
+    assert empty.code == 1 and empty.stdout == ""
+    assert_error_line(empty.stderr, "no key under")
     one = run(*endpoint_args(etcd), "del", b)
     assert one.code == 0 and one.stdout == "deleted 1 key\n"
     (deleted,) = run(*endpoint_args(etcd), "--json", "del", etcd.key(""), "--prefix").json()

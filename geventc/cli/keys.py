@@ -22,11 +22,14 @@ WATCH_PREFIX_HELP = "every key under KEY/ (as the Observer recipe: not KEY itsel
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
-    """``get KEY [--prefix]``: the value, or ``key = value`` lines under a prefix."""
+    """``get KEY [--prefix]``: the value, or ``key = value`` lines under a prefix; a
+    missing key, or nothing under the prefix, is an error (exit 1)."""
     out = settings.out
     with settings.connect() as conn:
         if args.prefix:
             kvs = conn.get_prefix(args.key).kvs
+            if not kvs:  # a missing key, as for one key (exit 1)
+                raise CommandError(f"no key under {args.key!r}")
         else:
             kv = conn.get(args.key)
             if kv is None:
