@@ -134,6 +134,10 @@ class Channel(Generic[T]):
         many recipes with a channel each handing out the same snapshot. Their waiting
         readers are woken in the same order as by one put each, but a few dozen by one
         loop callback instead of a callback each."""
+        if not isinstance(channels, Mapping):
+            raise InvalidArgument(
+                f"channels must map sources to channels, not {type(channels).__name__}"
+            )
         woken: list[Waiter[Any]] = []
         for source, channel in channels.items():
             if channel._add(item, source) and channel._waiters:
@@ -202,6 +206,10 @@ class Channel(Generic[T]):
         item is pending once. Members that changed since the group's last put: the
         count is that of ``members`` now. One wake-up of the reader. On another kind
         of channel it is one put for each member."""
+        if not isinstance(members, Collection) or isinstance(members, str | bytes):
+            raise InvalidArgument(
+                f"members must be a collection of sources, not {type(members).__name__}"
+            )
         latest = self._latest
         if latest is None:
             for member in members:

@@ -14,7 +14,7 @@ import gevent
 from gevent.pool import Group
 
 from . import validate, wire
-from .coalesce import TXN_MAX_OPS, Coalescer, Flight
+from .coalesce import TXN_MAX_OPS, Coalescer, Flight, checked_flight
 from .endpoints import parse_endpoint
 from .errors import EtcdError, InvalidArgument, LeaseNotFound
 from .liveness import Liveness
@@ -213,7 +213,13 @@ class Client:
         validate.request_size(len(k) + len(v), self.max_request_bytes, "the put")
         body = wire.put_body(k, v, validate.lease_ref(lease), validate.boolean(prev_kv, "prev_kv"))
         answer = self._single(
-            "/v3/kv/put", "request_put", body, (k, b""), len(k) + len(v), True, flight
+            "/v3/kv/put",
+            "request_put",
+            body,
+            (k, b""),
+            len(k) + len(v),
+            True,
+            checked_flight(flight),
         )
         return self._wrote(wire.decode("put", wire.put_result, answer))
 
@@ -254,6 +260,7 @@ class Client:
 
         Build comparisons with :class:`Compare` and operations with :class:`Op`;
         ``flight`` as in :meth:`put`."""
+        flight = checked_flight(flight)
         body, size, spans, depth = txn_parts(compare, success, failure)
         validate.request_size(size, self.max_request_bytes, "the transaction")
         coalescer = self.coalescer

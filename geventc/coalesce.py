@@ -50,7 +50,7 @@ import gevent.event
 from gevent.hub import Waiter, get_hub
 from gevent.pool import Group
 
-from . import errors
+from . import errors, validate
 from .transport import Transport
 from .wire import JSON, as_list, as_object, unb64
 from .wire import header as wire_header
@@ -174,11 +174,19 @@ class Flight:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the write ended (at most ``timeout`` seconds); True once it has."""
+        seconds = validate.timeout(timeout)
         if self._ended:
             return True
         if self._event is None:
             self._event = gevent.event.Event()
-        return self._event.wait(timeout)
+        return self._event.wait(seconds)
+
+
+def checked_flight(flight: Any) -> Flight | None:
+    """``flight`` when it is None or a :class:`Flight`; else :class:`InvalidArgument`."""
+    if flight is None or isinstance(flight, Flight):
+        return flight
+    raise errors.InvalidArgument(f"flight must be a Flight or None, not {type(flight).__name__}")
 
 
 class _Slot:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from geventc import Client, Compare, Op
+from geventc.coalesce import Flight
 from geventc.errors import InvalidArgument, RequestTooLarge
 from geventc.testing.plugin import EtcdTestContext
 
@@ -73,6 +74,9 @@ BAD_CALLS: list[tuple[str, Call, str]] = [
         "compared value must be str or bytes",
     ),
     ("bad status endpoint", lambda c: c.status("ftp://x:1"), "allowed are http and https"),
+    ("put flight of str", lambda c: c.put("/k", "v", flight="f"), "flight must be a Flight"),
+    ("txn flight of int", lambda c: c.txn(flight=1), "flight must be a Flight or None, not int"),
+    ("flight join timeout", lambda c: Flight().join(timeout=-1), "timeout must be None or"),
 ]
 
 

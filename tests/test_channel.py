@@ -156,3 +156,14 @@ def _drain(channel: Channel[str]) -> list[str]:
         assert item is not None
         read.append(item)
     return read
+
+
+def test_bulk_puts_refuse_what_is_not_a_collection() -> None:
+    channel: Channel[int] = Channel(latest_per_source=True)
+    with pytest.raises(InvalidArgument, match="channels must map sources to channels"):
+        Channel.put_each(1, [channel])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="members must be a collection of sources"):
+        channel.put_group(1, "group", "abc")
+    with pytest.raises(InvalidArgument, match="members must be a collection of sources"):
+        channel.put_group(1, "group", 5)  # type: ignore[arg-type]
+    assert len(channel) == 0  # nothing was put
