@@ -76,7 +76,8 @@ def test_a_write_withdrawn_before_it_was_sent_ends_its_flight_at_once(
         flight = Flight()
         late = gevent.spawn(conn.put, "/w/late", "v", flight=flight)
         other = gevent.spawn(conn.put, "/w/other", "v")  # the waiting batch: two
-        gevent.sleep(0.1)
+        waiting = coalescer._waiting[True]
+        wait_until(lambda: waiting and len(waiting[0].slots) == 2, 5, "the batch to wait")
         assert not late.ready() and not flight.ended
         late.kill()
         assert flight.ended  # never sent: nothing to wait for
