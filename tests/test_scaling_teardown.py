@@ -52,8 +52,16 @@ def test_close_with_many_keys_and_trackers_sends_one_revoke_and_no_deletion(
     gevent.joinall([gevent.spawn(key.create, "v", ttl=10) for key in keys], raise_error=True)
     trackers = [conn.service_tracker(f"/svc/s{i % 10}") for i in range(300)]
     channels = [tracker.start() for tracker in trackers]
-    for channel in channels:  # every tracker follows its path: its watch stream is open
+    for channel in channels:  # every tracker has its first snapshot (read, then watched)
         assert channel.get(timeout=10).services
+    # and every watch stream is connected: the first snapshot comes from the read, the
+    # stream opens after it (counted by etcd only once the gateway has it)
+    watches = list(conn.hub._watches.values())
+    wait_until(
+        lambda: all(w._stream is not None and w._stream.endpoint for w in watches),
+        10,
+        "the watch streams to connect",
+    )
     (lease,) = conn.lease_keeper.leases()
     lease_id = lease.id
     assert lease.holders == 300 and not lease.revoked
