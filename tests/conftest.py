@@ -4,7 +4,9 @@ come from geventc's pytest plugin)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,12 @@ import geventc
 from geventc import http as geventc_http
 from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
+
+#: etcd releases built by ``tests/etcd/build.py``, offered to ``ETCD_VERSION=…``
+ETCD_BUILDS = Path(__file__).resolve().parent / "etcd" / "bin"
+os.environ["GEVENTC_ETCD_PATH"] = os.pathsep.join(
+    filter(None, (os.environ.get("GEVENTC_ETCD_PATH"), str(ETCD_BUILDS)))
+)
 
 
 @pytest.fixture

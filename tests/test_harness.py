@@ -8,10 +8,26 @@ import pytest
 from geventc import Client
 from geventc.errors import Compacted, ConnectionFailed, Timeout
 from geventc.testing import EtcdServer, find_etcd_binary
+from geventc.testing.releases import binary_release
 
 
 def test_binary_is_found() -> None:
-    assert find_etcd_binary().endswith("etcd")
+    assert binary_release(find_etcd_binary()) is not None
+
+
+def test_members_do_not_read_the_test_process_etcd_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """etcd takes ``ETCD_<FLAG>`` variables as flags: a member must not inherit them
+    (``ETCD_VERSION=3.4`` made etcd 3.4 exit with "invalid value for ETCD_VERSION")."""
+    binary = find_etcd_binary()
+    release = binary_release(binary)
+    assert release is not None
+    monkeypatch.setenv("ETCD_NAME", "not-the-member-name")
+    monkeypatch.setenv("ETCD_VERSION", release.name)
+    monkeypatch.setenv("ETCD_BIN", binary)
+    with EtcdServer(fsync=False) as server, Client(server.endpoints) as client:
+        assert [member.name for member in client.members()] == ["m0"]
 
 
 def test_kill_restart_keeps_data_pause_resume_compact() -> None:

