@@ -54,6 +54,20 @@ def split_address(address: Any) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def bracket_bare_ipv6(address: object) -> object:
+    """Kitex's registry-etcd writes an IPv6 address unbracketed (``::1:80``: Go's
+    ``fmt.Sprintf("%s:%d")``); this gives the dialable ``[::1]:80`` for it and returns
+    anything else unchanged (to be checked by :func:`split_address`)."""
+    if not isinstance(address, str) or address.startswith("[") or address.count(":") < 2:
+        return address
+    host, _, port = address.rpartition(":")
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return address
+    return f"[{host}]:{port}"
+
+
 def join_address(host: str, port: int) -> str:
     """``host:port``, bracketing an IPv6 host."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -237,7 +251,7 @@ def decode(
             meta = data.get("Metadata") or {}
             address, details = data["Addr"], meta if isinstance(meta, dict) else {}
         else:
-            address, details = data["address"], data
+            address, details = bracket_bare_ipv6(data["address"]), data
         weight = details.get("weight") or 0
         if isinstance(weight, bool) or not isinstance(weight, int):
             raise ValueError("weight is not an integer")
