@@ -21,9 +21,10 @@ goes away, so a change costs no herd of requests. The channel carries an
 A process that was paused past its TTL reports ``LOST`` before anything else. Writes
 that must only happen under leadership use :meth:`LeaderElector.guard` (or
 :meth:`LeaderElector.txn`), which fail with :class:`NotLeader` for a stale leader.
-``stop()`` resigns: the next candidate takes over at once. An elector that crashes (an
-unexpected exception in its greenlet) reports it, resigns and revokes its lease: it
-stops, and never blocks the election.
+``stop()`` resigns: the next candidate takes over at once.
+:meth:`LeaderElector.proclaim` changes the candidate's value without another election,
+as Go's ``Proclaim``. An elector that crashes (an unexpected exception in its greenlet)
+reports it, resigns and revokes its lease: it stops, and never blocks the election.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class LeaderElector(Recipe[ElectionEvent]):
         if not self.path.strip(b"/"):
             raise InvalidArgument("path must name an election, not the root")
         self.identity = identity
+        self._value = identity  # what the key holds: the identity, or the last proclaimed
         self.ttl = validate.ttl(ttl)
         self._prefix = self.path + b"/"
         self._lease: KeptLease | None = None
@@ -173,6 +175,27 @@ class LeaderElector(Recipe[ElectionEvent]):
             raise NotLeader(f"{self.identity!r} lost the leadership of {self.path.decode()!r}")
         return result
 
+    def proclaim(self, value: str) -> None:
+        """Make ``value`` this candidate's value without another election, as Go's
+        ``Election.Proclaim``: a put of its key guarded by the key's create revision, so
+        followers (their ``FOLLOWER`` event's ``leader``), :meth:`leader` and Go's
+        ``Observe``/``Leader`` see the new value, and the fencing token stays. As in Go,
+        it works once the candidate's key exists (while it leads, or waits its turn);
+        raises :class:`NotLeader` when the candidate holds no key (not started, stopped,
+        between a lost lease and its next key) or its key is no longer the one it
+        created. A campaign after a lost lease uses the last value proclaimed."""
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument("value must be a non-empty str")
+        key, revision, lease_id = self._key, self._revision, self._lease_of_key
+        if not (self._running and key):
+            raise NotLeader(f"{self.identity!r} holds no key in {self.path.decode()!r}")
+        result = self._conn.txn(
+            [contention.owns(key, revision)], [Op.put(key, value, lease=lease_id)]
+        )
+        if not result.succeeded:
+            raise NotLeader(f"the election key of {self.identity!r} is gone")
+        self._value = value
+
     # --- campaign ----------------------------------------------------------------------
 
     def _campaign_forever(self) -> None:
@@ -222,7 +245,7 @@ class LeaderElector(Recipe[ElectionEvent]):
 
     def _put_key(self, lease_id: int) -> tuple[bytes, int]:
         """Write (or find) this candidate's key on ``lease_id``; its create revision."""
-        held = contention.claim(self._conn, self._prefix, lease_id, self.identity)
+        held = contention.claim(self._conn, self._prefix, lease_id, self._value)
         return held.key, held.revision
 
     def _evaluate(self) -> None:
@@ -252,7 +275,7 @@ class LeaderElector(Recipe[ElectionEvent]):
         if first.key == self._key:
             # the lease may have been suspended while etcd was asked: then not a leader
             if self._no_older_candidate() and lease.state is LeaseState.ACTIVE and lease.valid:
-                self._report_status(ElectionStatus.LEADER, leader=self.identity)
+                self._report_status(ElectionStatus.LEADER, leader=first.value_str)
         else:
             self._report_status(ElectionStatus.FOLLOWER, leader=first.value_str)
 

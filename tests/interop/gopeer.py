@@ -197,6 +197,20 @@ class GoPeer:
             self._changed.clear()
             self._changed.wait(remaining)
 
+    # --- commands ----------------------------------------------------------------------
+
+    def send(self, line: str) -> None:
+        """Write one command line to the peer's stdin (``campaign-proclaim`` reads
+        ``proclaim VALUE``); :class:`PeerError` when the peer has exited."""
+        stdin = self.process.stdin
+        if stdin is None or self.process.poll() is not None:
+            raise PeerError(f"the Go peer is not running; {self._describe()}")
+        try:
+            stdin.write(line.encode() + b"\n")
+            stdin.flush()
+        except OSError as exc:
+            raise PeerError(f"writing to the Go peer failed: {exc}; {self._describe()}") from exc
+
     # --- ending ------------------------------------------------------------------------
 
     def wait(self, timeout: float = 10.0) -> int:

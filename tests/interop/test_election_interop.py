@@ -213,3 +213,142 @@ def test_trailing_slash_path_is_one_election_with_go(
         FLOWS[order](election)
     finally:
         election.stop()
+
+
+# --- Observe and Proclaim ---------------------------------------------------------------
+
+
+class Proclaiming(Election):
+    """An election with a Go observer (``Election.Observe``) and Go candidates that
+    proclaim on command (``campaign-proclaim``)."""
+
+    def go_observer(self) -> GoPeer:
+        """A running Go ``Election.Observe`` of the path."""
+        peer = self.go_peers.start("observe", endpoints=self.endpoints, path=self.path)
+        peer.expect("observing")
+        return peer
+
+    def go_candidate(self, identity: str) -> GoPeer:
+        """A Go candidate whose key exists; ``send("proclaim V")`` proclaims V."""
+        peer = self.go_peers.start(
+            "campaign-proclaim",
+            endpoints=self.endpoints,
+            path=self.path,
+            identity=identity,
+            ttl=TTL,
+        )
+        session = peer.expect("session")
+        assert peer.expect("campaigning")["key"] == f"{self.path}/{session['lease']}"
+        return peer
+
+    def go_proclaims(self, peer: GoPeer, value: str) -> None:
+        """The Go candidate's ``Proclaim(value)`` succeeded."""
+        peer.send(f"proclaim {value}")
+        assert peer.expect("proclaimed")["value"] == value
+
+    def py_candidate_key(self, elector: LeaderElector) -> tuple[str, int]:
+        """The key and create revision of a geventc candidate, by its lease."""
+        assert elector.lease is not None
+        key = f"{self.path}/{elector.lease.id:x}"
+        kv = self.conn.get(key)
+        assert kv is not None, f"{elector!r} has no key {key!r}"
+        return key, kv.create_revision
+
+
+def observed(observer: GoPeer, key: str, value: str, rev: int) -> None:
+    """Go's Observe printed the leader ``key`` (created at ``rev``) with ``value`` next."""
+    line = observer.expect("observed")
+    assert (line["key"], line["value"], line["rev"]) == (key, value, rev), (
+        f"Go's Observe saw {line}; expected {key!r} = {value!r} (created at {rev})"
+    )
+
+
+def follows(elector: LeaderElector, value: str) -> None:
+    """The geventc candidate's next event: FOLLOWER of a leader whose value is ``value``."""
+    event = next_status(elector)
+    assert (event.status, event.leader) == (ElectionStatus.FOLLOWER, value), event
+
+
+def observe_geventc_first(election: Proclaiming) -> None:
+    """Go's Observe, started before anyone campaigns, sees geventc's leader and each of
+    its proclaims in order, then the Go candidate that takes over (with the value it
+    proclaimed while waiting), whose proclaims a geventc follower sees too, then the
+    geventc candidate the Go leader hands over to on resign."""
+    observer = election.go_observer()
+    py1 = election.py_candidate("py-1")
+    led = wait_status(py1, ElectionStatus.LEADER)
+    key, rev = election.py_candidate_key(py1)
+    assert led.fencing_token == rev
+    observed(observer, key, "py-1", rev)
+    for value in ("py-1/v2", "py-1/v3"):
+        py1.proclaim(value)
+        observed(observer, key, value, rev)
+    assert election.go_leader()["value"] == "py-1/v3"
+
+    go1 = election.go_candidate("go-1")
+    election.go_proclaims(go1, "go-1/waiting")  # Go may proclaim while it waits
+    py1.stop()
+    lead = go1.expect("leader")
+    observed(observer, lead["key"], "go-1/waiting", lead["rev"])
+
+    py2 = election.py_candidate("py-2")
+    follows(py2, "go-1/waiting")
+    election.go_proclaims(go1, "go-1/v2")
+    follows(py2, "go-1/v2")
+    observed(observer, lead["key"], "go-1/v2", lead["rev"])
+
+    go1.stop()
+    go1.expect("resigned")
+    assert wait_status(py2, ElectionStatus.LEADER).leader == "py-2"
+    key, rev = election.py_candidate_key(py2)
+    observed(observer, key, "py-2", rev)
+
+
+def observe_go_first(election: Proclaiming) -> None:
+    """A Go leader's proclaims reach a geventc follower and Go's Observe (started while
+    Go leads); the geventc candidate's proclaim while it waits is the value it leads
+    with after the hand-over, and its proclaims as leader reach Go's Observe and
+    ``Election.Leader``, with its key and create revision unchanged."""
+    go1 = election.go_candidate("go-1")
+    lead = go1.expect("leader")
+    observer = election.go_observer()
+    observed(observer, lead["key"], "go-1", lead["rev"])
+
+    py1 = election.py_candidate("py-1")
+    follows(py1, "go-1")
+    election.go_proclaims(go1, "go-1/v2")
+    follows(py1, "go-1/v2")
+    observed(observer, lead["key"], "go-1/v2", lead["rev"])
+    # an elector that does not campaign reads the leader's value as Go's Leader does
+    assert election.conn.leader_elector(election.path, "reader").leader() == "go-1/v2"
+
+    py1.proclaim("py-1/waiting")  # as Go allows: the waiting candidate's own value
+    assert election.go_leader()["value"] == "go-1/v2"
+    go1.stop()
+    go1.expect("resigned")
+    assert wait_status(py1, ElectionStatus.LEADER).leader == "py-1/waiting"
+    key, rev = election.py_candidate_key(py1)
+    observed(observer, key, "py-1/waiting", rev)
+
+    py1.proclaim("py-1/v2")
+    observed(observer, key, "py-1/v2", rev)
+    reported = election.go_leader()
+    assert (reported["value"], reported["key"], reported["rev"]) == ("py-1/v2", key, rev)
+    assert py1.fencing_token == rev
+
+
+OBSERVE_FLOWS = {"go-first": observe_go_first, "geventc-first": observe_geventc_first}
+
+
+@pytest.mark.parametrize("order", sorted(OBSERVE_FLOWS))
+def test_observe_and_proclaim_across_go_and_geventc(
+    etcd: EtcdTestContext, conn: geventc.Connector, go_peers: GoPeers, order: str
+) -> None:
+    """Go's ``Election.Observe`` sees every leader and every proclaimed value in order,
+    whichever kind leads; geventc followers see Go's ``Proclaim``; geventc's
+    ``proclaim`` is Go's (same key, create revision and lease)."""
+    election = Proclaiming(conn, go_peers, etcd.endpoints, etcd.key("observed"))
+    try:
+        OBSERVE_FLOWS[order](election)
+    finally:
+        election.stop()

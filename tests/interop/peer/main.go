@@ -12,6 +12,9 @@
 //	endpoints-add        --endpoints E --path TARGET --key KEY --identity ADDR --weight W
 //	endpoints-list       --endpoints E --path TARGET
 //
+// and those of the other files: observe, campaign-proclaim (observe.go), grpc-serve,
+// grpc-dial (grpc.go), the toolkit recipes (barrier.go, queue.go, rwmutex.go, stm.go).
+//
 // Long-running subcommands exit cleanly (resigning or unlocking, then revoking their
 // session's lease) on SIGTERM, SIGINT or EOF on stdin. A failure prints
 // {"event":"error","error":"..."} and exits with status 1.
@@ -113,6 +116,7 @@ type options struct {
 	n         int
 	items     string
 	isolation string
+	listen    string
 }
 
 // commands maps a subcommand to its function; files other than main.go add theirs in
@@ -134,6 +138,7 @@ func parse(name string, args []string) options {
 	fs.IntVar(&o.n, "n", 1, "how many times to repeat the operation")
 	fs.StringVar(&o.items, "items", "", "comma-separated items or keys")
 	fs.StringVar(&o.isolation, "isolation", "serializable-snapshot", "STM isolation level")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "address a server listens on (grpc-serve)")
 	_ = fs.Parse(args)
 	return o
 }
