@@ -4,9 +4,9 @@ shell.
 Every subcommand takes the connection options (``--endpoints``, ``--namespace``,
 ``--user``, ``--cacert/--cert/--key``, ``--timeout``) and ``--json``, which prints one
 JSON object per line instead of text for people. Long-running subcommands (``put
---ttl``, ``watch``, ``elect``, ``register``, ``resolve --watch``, ``health --watch``,
-``serve``) run until Ctrl-C, then clean up (delete the key, resign, deregister, stop
-etcd) and exit with 130.
+--ttl``, ``watch``, ``elect``, ``lock``, ``register``, ``resolve --watch``, ``health
+--watch``, ``lease keep-alive``, ``serve``) run until Ctrl-C, then clean up (delete the
+key, resign, release, deregister, stop etcd) and exit with 130.
 
 Exit codes: 0 success; 1 an etcd error, a key that does not exist, an unhealthy
 cluster; 2 a usage error (bad option, argument or endpoint); 3 a degraded cluster
@@ -17,8 +17,10 @@ first thing; neither this package nor ``import geventc`` loads a network module 
 import time (the commands import what they use when they run).
 
 One module per group of commands, each adding its subcommands with ``register``:
-:mod:`.keys` (get, put, del, watch), :mod:`.coordination` (elect), :mod:`.services`
-(register, resolve), :mod:`.cluster` (health) and :mod:`.dev` (serve, demo). They
+:mod:`.keys` (get, put, del, watch), :mod:`.txn` (txn), :mod:`.leases` (lease ...),
+:mod:`.coordination` (elect, lock), :mod:`.queue` (queue ...), :mod:`.services`
+(register, resolve), :mod:`.cluster` (health, member list, endpoint status|health) and
+:mod:`.dev` (serve, demo). Connection failures are explained by :mod:`.diagnose`. They
 share :mod:`.settings` (options, connection, errors), :mod:`.output` (rendering),
 :mod:`.options` (the parser's parts), :mod:`.process` (gevent, signals, logging) and
 :mod:`.follow` (the loop of the long-running commands).
@@ -32,7 +34,7 @@ import os
 import signal
 import sys
 
-from . import cluster, coordination, dev, keys, queue, services
+from . import cluster, coordination, dev, keys, leases, queue, services, txn
 from .options import Parser, add_common_options
 from .process import configure_logging, interruptible, patch_gevent, stderr
 from .settings import (
@@ -48,7 +50,7 @@ from .settings import (
 __all__ = ["build_parser", "main"]
 
 #: The command modules, in the order ``--help`` lists their subcommands.
-COMMAND_GROUPS = (keys, coordination, queue, services, cluster, dev)
+COMMAND_GROUPS = (keys, txn, leases, coordination, queue, services, cluster, dev)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; every failure becomes one line on stderr and an exit
     code."""
     from ..errors import EtcdError, InvalidArgument
+    from .diagnose import explain
 
+    settings = None
     try:
         settings = resolve_settings(args)
         with interruptible():
@@ -109,6 +113,10 @@ def _run(args: argparse.Namespace) -> int:
     except (UsageError, InvalidArgument) as exc:
         stderr(f"error: {exc}")
         return EXIT_USAGE
-    except (EtcdError, CommandError, OSError) as exc:
+    except EtcdError as exc:
+        defaulted = settings is not None and settings.endpoints is None
+        stderr(f"error: {explain(exc, defaulted)}")
+        return EXIT_FAILED
+    except (CommandError, OSError) as exc:
         stderr(f"error: {exc}")
         return EXIT_FAILED

@@ -5,21 +5,31 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 from typing import Any
 
-from .options import add_command, positive_int
-from .settings import ENV_ENDPOINTS, CommandError, Interrupted, Settings
+from .options import add_command, port_number, positive_int
+from .settings import ENV_ENDPOINTS, CommandError, Interrupted, Settings, UsageError
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """``serve``: a throw-away local etcd until Ctrl-C (its data goes with it)."""
+    """``serve [--port N]``: a throw-away local etcd until Ctrl-C (its data goes with
+    it); the connection options are refused (it connects to no etcd)."""
     from ..testing.server import EtcdNotFound, EtcdServer
 
+    _refuse_connection_options(args)
     out = settings.out
+    if args.port is not None:
+        _check_port_free(args.port)
     try:
         server = EtcdServer(fsync=args.fsync)
+    except EtcdNotFound as exc:
+        raise CommandError(f"could not start etcd: {exc}") from None
+    if args.port is not None:
+        server.members[0].client_port = args.port
+    try:
         server.start()
-    except (EtcdNotFound, RuntimeError) as exc:
+    except RuntimeError as exc:
         raise CommandError(f"could not start etcd: {exc}") from None
     try:
         process = server.members[0].process
@@ -36,6 +46,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         server.stop()
         out.line("etcd stopped", {"event": "STOPPED"})
+
+
+#: the connection options ``serve`` refuses: it starts an etcd and connects to none
+SERVE_REFUSES = {
+    "endpoints": "--endpoints",
+    "namespace": "--namespace",
+    "user": "--user",
+    "ca_file": "--cacert",
+    "cert_file": "--cert",
+    "key_file": "--key",
+}
+
+
+def _refuse_connection_options(args: argparse.Namespace) -> None:
+    """A usage error for a connection option given to ``serve`` (not silently
+    ignored: ``--endpoints`` says where an etcd is, and ``serve`` starts one)."""
+    given = [flag for dest, flag in SERVE_REFUSES.items() if getattr(args, dest, None) is not None]
+    if given:
+        raise UsageError(
+            f"serve starts its own etcd and connects to none, so it takes no {given[0]} "
+            "(that is for the other commands); choose its client port with --port N"
+        )
+
+
+def _check_port_free(port: int) -> None:
+    """Fail now, saying so, when 127.0.0.1:``port`` is taken (etcd would exit, and a
+    health check could reach whatever listens there instead)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise CommandError(
+                f"cannot serve on port {port}: {exc.strerror or exc} (is another etcd "
+                "running there? without --port, serve picks a free port)"
+            ) from None
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -67,6 +112,12 @@ def register(commands: Any) -> None:
         dest="fsync",
         action="store_false",
         help="faster, not durable (etcd --unsafe-no-fsync)",
+    )
+    command.add_argument(
+        "--port",
+        type=port_number,
+        metavar="N",
+        help="serve clients at http://127.0.0.1:N (default: a free port)",
     )
 
     command = add_command(

@@ -7,9 +7,10 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from .follow import follow
+from .leases import lease_id
 from .options import add_command, add_seconds, positive_int, revision
 from .output import Line, Output, plural, text_field
-from .settings import EXIT_OK, CommandError, Settings, probe
+from .settings import EXIT_OK, CommandError, Settings, UsageError, probe
 
 if TYPE_CHECKING:
     from ..connector import Connector
@@ -37,16 +38,18 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
             kvs = (kv,)
     for kv in kvs:
         text = f"{kv.key_str} = {kv.value_str}" if args.prefix else kv.value_str
-        out.line(text, _kv_data(kv))
+        out.line(text, kv_data(kv))
     return EXIT_OK
 
 
 def cmd_put(args: argparse.Namespace, settings: Settings) -> int:
-    """``put KEY VALUE [--ttl N]``."""
+    """``put KEY VALUE [--ttl N | --lease ID]``."""
+    if args.ttl is not None and args.lease is not None:
+        raise UsageError("--ttl and --lease go separately: --ttl makes its own lease")
     with settings.connect() as conn:
         if args.ttl is not None:
             return _put_ephemeral(conn, args, settings.out)
-        revision = conn.put(args.key, args.value).header.revision
+        revision = conn.put(args.key, args.value, lease=args.lease).header.revision
     settings.out.line(f"OK (revision {revision})", {"key": args.key, "revision": revision})
     return EXIT_OK
 
@@ -128,7 +131,7 @@ def _change(event: WatchEvent) -> Line:
     return Line(f"{event.type.value} {event.key}{shown} (revision {event.revision})", data)
 
 
-def _kv_data(kv: KeyValue) -> dict[str, Any]:
+def kv_data(kv: KeyValue) -> dict[str, Any]:
     """A key-value pair for ``--json``."""
     return {
         **text_field(kv.key, "key"),
@@ -158,6 +161,12 @@ def register(commands: Any) -> None:
         "--ttl",
         positive_int,
         "an ephemeral key on a lease of SECONDS, kept alive until Ctrl-C deletes it",
+    )
+    command.add_argument(
+        "--lease",
+        type=lease_id,
+        metavar="ID",
+        help="attach the key to lease ID (hex, as 'lease grant' prints it)",
     )
 
     command = add_command(commands, "del", cmd_del, "delete a key (or every key under a prefix)")

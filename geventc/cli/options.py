@@ -103,6 +103,11 @@ def positive_int(text: str) -> int:
     return _checked(text, int, lambda value: value >= 1, "a positive integer")
 
 
+def port_number(text: str) -> int:
+    """A TCP port: 1 to 65535."""
+    return _checked(text, int, lambda value: 1 <= value <= 65535, "a port (1..65535)")
+
+
 def revision(text: str) -> int:
     """A revision: 0 or more."""
     return _checked(text, int, lambda value: value >= 0, "a revision (0 or more)")
