@@ -25,7 +25,7 @@ class GeventcHooks(WorkerSettings):
     becomes the machine's address as Kitex does), with ``weight`` and ``tags``, under
     ``prefix`` in ``format``, on a lease of ``ttl`` seconds. ``prefix``, ``format`` and
     ``strategy`` also configure each worker's :class:`~geventc.Resolver`. With
-    ``config_prefix`` each worker follows that configuration (``config_decode``d).
+    ``config_prefix`` each worker follows that configuration (decoded by ``config_decode``).
     """
 
     def __repr__(self) -> str:
