@@ -18,6 +18,7 @@ from .coalesce import TXN_MAX_OPS, Coalescer, Flight, checked_flight
 from .endpoints import parse_endpoint
 from .errors import EtcdError, InvalidArgument, LeaseNotFound
 from .liveness import Liveness
+from .stats import Stats, client_stats
 from .transport import TLSConfig, Transport, ensure_patched
 from .txn import Comparison, TxnOp, range_request, txn_parts
 from .watchstream import WatchStream
@@ -130,6 +131,13 @@ class Client:
     def endpoints(self) -> list[str]:
         """The normalised endpoint list."""
         return list(self.transport.endpoints)
+
+    def stats(self) -> Stats:
+        """A snapshot of this client's counters and gauges (requests, errors by kind,
+        failovers, watch streams, leases, coalesced batches; see
+        :class:`~geventc.stats.Stats`),
+        taken without any request; also after :meth:`close`."""
+        return client_stats(self)
 
     def close(self) -> None:
         """Stop the client's greenlets and close the connection pools; later calls

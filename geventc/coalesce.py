@@ -51,6 +51,7 @@ from gevent.hub import Waiter, get_hub
 from gevent.pool import Group
 
 from . import errors, validate
+from .stats import BATCH_BUCKETS, batch_bucket
 from .transport import Transport
 from .wire import JSON, as_list, as_object, unb64
 from .wire import header as wire_header
@@ -282,7 +283,8 @@ class Coalescer:
     ``--max-txn-ops``); ``max_bytes`` caps the keys and values per txn (keep it under
     the server's ``--max-request-bytes``); ``max_inflight`` caps the batches of each
     kind on their way at once. ``batches`` and ``coalesced`` count the txns sent and
-    the operations they carried.
+    the operations they carried, ``batch_sizes`` the txns per size bucket
+    (:data:`~geventc.stats.BATCH_BUCKETS`).
     """
 
     def __init__(
@@ -308,6 +310,7 @@ class Coalescer:
         }
         self.batches = 0
         self.coalesced = 0
+        self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)
 
     def call(
         self,
@@ -503,8 +506,12 @@ class Coalescer:
                 return
             self.batches += 1
             self.coalesced += len(slots)
+            self.batch_sizes[batch_bucket(len(slots))] += 1
             answer = self.transport.call(
-                "/v3/kv/txn", {"success": [slot.op for slot in slots]}, write=write
+                "/v3/kv/txn",
+                {"success": [slot.op for slot in slots]},
+                write=write,
+                batch=len(slots),
             )
             self._hand_out(slots, answer)
         except SHARED_ERRORS as exc:

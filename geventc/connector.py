@@ -27,6 +27,7 @@ from .instances import DEFAULT_PREFIX, DEFAULT_WEIGHT
 from .lease import LeaseKeeper
 from .liveness import Liveness
 from .namespace import Namespace
+from .stats import Stats, client_stats
 from .txn import Comparison, TxnOp, txn_body
 from .watch import WatchHub
 from .watchstream import WatchStream
@@ -173,6 +174,22 @@ class Connector:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters and gauges of this connector and its client
+        (see :class:`~geventc.stats.Stats`): :meth:`Client.stats` plus the shared prefix
+        watches (and how many are stale) and the live recipes by class name. Sends no
+        request; costs O(recipes)."""
+        recipes: dict[str, int] = {}
+        for recipe in self._recipes.values():
+            kind = type(recipe).__name__
+            recipes[kind] = recipes.get(kind, 0) + 1
+        return client_stats(
+            self.client,
+            prefix_watches=self.hub.streams,
+            stale_watches=self.hub.stale,
+            recipes=recipes,
+        )
 
     def close(self) -> Release:
         """Stop every recipe, watch and lease of this connector, then close the pools.

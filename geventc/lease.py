@@ -135,7 +135,7 @@ class KeptLease:
         """Grant the lease now (in the caller's greenlet) and start renewing it."""
         self._grant_once()
         if self._greenlet is None:
-            self._greenlet = self._group.spawn(self._renew_forever)
+            self._greenlet = self._start_renewing()
 
     def adopt(self, lease_id: int) -> None:
         """Keep alive ``lease_id``, a lease granted elsewhere (say, by another process
@@ -153,7 +153,7 @@ class KeptLease:
         self._sent, self._deadline = sent, sent + outcome
         self.state = LeaseState.ACTIVE
         if self._greenlet is None:
-            self._greenlet = self._group.spawn(self._renew_forever)
+            self._greenlet = self._start_renewing()
 
     def invalidate(self, lease_id: int) -> None:
         """Say that etcd no longer knows ``lease_id`` (a write with it failed with
@@ -218,9 +218,22 @@ class KeptLease:
 
     # --- the renewing greenlet ---------------------------------------------------------
 
+    def _start_renewing(self) -> gevent.Greenlet[[], None]:
+        """Spawn the renewing greenlet, counted in ``leases_kept`` while it runs."""
+        counters = self._client.transport.counters
+        counters.leases_kept += 1
+        greenlet = self._group.spawn(self._renew_forever)
+
+        def ended(_: object) -> None:
+            counters.leases_kept -= 1
+
+        greenlet.rawlink(ended)
+        return greenlet
+
     def _grant_once(self) -> None:
         sent = time.monotonic()
         lease = self._client.grant(self.ttl)
+        self._client.transport.counters.lease_grants += 1
         if self.id:
             self._previous.append(self.id)
         self.id, self.ttl = lease.id, lease.ttl
@@ -297,6 +310,7 @@ class KeptLease:
         outcome = attempt.value if attempt.successful() else None
         if isinstance(outcome, int):
             self.renewals += 1
+            self._client.transport.counters.lease_renewals += 1
             self._sent, self._deadline = sent, sent + outcome
             self._set_state(LeaseState.ACTIVE, "renewed")
         elif isinstance(outcome, LeaseNotFound):
@@ -352,6 +366,10 @@ class KeptLease:
     def _set_state(self, state: LeaseState, why: str) -> None:
         if state is self.state:
             return
+        if state is LeaseState.LOST:
+            self._client.transport.counters.lease_losses += 1
+        elif state is LeaseState.SUSPENDED:
+            self._client.transport.counters.lease_suspensions += 1
         level = logging.DEBUG if state is LeaseState.ACTIVE else logging.WARNING
         log.log(level, "lease %x (ttl %ds) is %s: %s", self.id, self.ttl, state.value, why)
         self.state = state

@@ -31,6 +31,7 @@ from .http import (
     TLSConfig,
     ensure_patched,
 )
+from .stats import REQUEST_LOG, Counters, log_request
 from .wire import JSON
 
 __all__ = [
@@ -111,6 +112,8 @@ class Transport:
         self._pid = os.getpid()
         #: HTTP requests sent so far (every attempt and every stream opened)
         self.requests = 0
+        #: what :meth:`geventc.Client.stats` reports (see :mod:`geventc.stats`)
+        self.counters = Counters()
         self._headers: tuple[str, dict[str, str]] | None = None
         self._http = HTTPPools(
             tls=(tls or TLSConfig()) if secure else None,
@@ -148,34 +151,56 @@ class Transport:
         write: bool = False,
         endpoint: str | None = None,
         timeout: float | None = None,
+        batch: int = 0,
     ) -> JSON:
         """POST ``body`` to ``path`` and return the decoded answer.
 
         ``write`` marks a request that must not be repeated once sent; ``endpoint``
-        pins the request to one endpoint (no failover).
+        pins the request to one endpoint (no failover); ``batch`` (for the request
+        log) is how many callers' operations a coalesced txn carries.
         """
-        exchange = self._poster(path, _encode(body), write)
-        deadline = time.monotonic() + (timeout or self.timeout)
+        payload = _encode(body)
+        exchange = self._poster(path, payload, write)
+        started = time.monotonic()
+        deadline = started + (timeout or self.timeout)
         auth = self._auth
-        for tried in range(1, len(self.endpoints) + 1):
-            try:
-                if auth.username is None:  # what auth.send does without credentials
-                    try:
-                        data, target = self._attempts(
-                            path, deadline, None, exchange, write=write, pinned=endpoint
+        logged = REQUEST_LOG.isEnabledFor(logging.DEBUG)
+        try:
+            for tried in range(1, len(self.endpoints) + 1):
+                try:
+                    if auth.username is None:  # what auth.send does without credentials
+                        try:
+                            data, target = self._attempts(
+                                path, deadline, None, exchange, write=write, pinned=endpoint
+                            )
+                        except errors.TokenExpired as exc:
+                            raise auth_required(exc) from None
+                    else:
+                        data, target = auth.send(
+                            lambda token: self._attempts(
+                                path, deadline, token, exchange, write=write, pinned=endpoint
+                            ),
+                            deadline,
                         )
-                    except errors.TokenExpired as exc:
-                        raise auth_required(exc) from None
-                else:
-                    data, target = auth.send(
-                        lambda token: self._attempts(
-                            path, deadline, token, exchange, write=write, pinned=endpoint
-                        ),
-                        deadline,
-                    )
-                return _decode_answer(data, target)
-            except errors.ProtocolError as exc:
-                self._not_understood(exc, path, write, endpoint, deadline, tried)
+                    answer = _decode_answer(data, target)
+                    if logged:
+                        log_request(
+                            "POST",
+                            path,
+                            target,
+                            started,
+                            sent=len(payload),
+                            received=len(data),
+                            batch=batch,
+                        )
+                    return answer
+                except errors.ProtocolError as exc:
+                    self._not_understood(exc, path, write, endpoint, deadline, tried)
+        except errors.EtcdError as exc:
+            self.counters.error(exc)
+            if logged:
+                log_request("POST", path, exc.endpoint, started, exc, batch=batch)
+            raise
         raise AssertionError("unreachable")
 
     def get(
@@ -191,22 +216,35 @@ class Transport:
         target = endpoint or self.current_endpoint
         self._check_open()
         self.requests += 1
+        by_path = self.counters.requests_by_path
+        by_path[path] = by_path.get(path, 0) + 1
+        started = time.monotonic()
+        logged = REQUEST_LOG.isEnabledFor(logging.DEBUG)
         try:
-            answer = self._http.request(
-                target,
-                "GET",
-                path,
-                headers=HEADERS,
-                timeout=timeout or self.timeout,
-                limit=self.max_response_bytes,
-                priority=priority,
-            )
-        except ExchangeFailed as failed:
-            raise failed.error from None
-        try:
-            return json.loads(answer.body)
-        except (ValueError, RecursionError):
-            raise errors.ProtocolError(f"{path} did not answer JSON", endpoint=target) from None
+            try:
+                answer = self._http.request(
+                    target,
+                    "GET",
+                    path,
+                    headers=HEADERS,
+                    timeout=timeout or self.timeout,
+                    limit=self.max_response_bytes,
+                    priority=priority,
+                )
+            except ExchangeFailed as failed:
+                raise failed.error from None
+            try:
+                decoded = json.loads(answer.body)
+            except (ValueError, RecursionError):
+                raise errors.ProtocolError(f"{path} did not answer JSON", endpoint=target) from None
+        except errors.EtcdError as exc:
+            self.counters.error(exc)
+            if logged:
+                log_request("GET", path, target, started, exc)
+            raise
+        if logged:
+            log_request("GET", path, target, started, received=len(answer.body))
+        return decoded
 
     def open_stream(self, path: str, body: JSON, *, timeout: float | None = None) -> HTTPStream:
         """POST ``body`` to a streaming ``path`` and return the unread stream (its
@@ -223,10 +261,21 @@ class Transport:
                 limit=self.max_response_bytes,
             )
 
-        deadline = time.monotonic() + (timeout or self.timeout)
-        stream, _ = self._auth.send(
-            lambda token: self._attempts(path, deadline, token, exchange, stream=True), deadline
-        )
+        started = time.monotonic()
+        deadline = started + (timeout or self.timeout)
+        logged = REQUEST_LOG.isEnabledFor(logging.DEBUG)
+        try:
+            stream, target = self._auth.send(
+                lambda token: self._attempts(path, deadline, token, exchange, stream=True),
+                deadline,
+            )
+        except errors.EtcdError as exc:
+            self.counters.error(exc)
+            if logged:
+                log_request("POST", path, exc.endpoint, started, exc)
+            raise
+        if logged:
+            log_request("POST", path, target, started, sent=len(payload))
         return stream
 
     def token_expired(self, token_used: str | None, deadline: float) -> None:
@@ -242,6 +291,7 @@ class Transport:
         """Move away from ``endpoint`` if it is still the current one."""
         if self.endpoints[self._current] == endpoint:
             self._current = (self._current + 1) % len(self.endpoints)
+            self.counters.failovers += 1
             log.info("etcd endpoint %s failed; now using %s", endpoint, self.current_endpoint)
 
     # --- attempts --------------------------------------------------------------------
@@ -291,10 +341,21 @@ class Transport:
     def _authenticate(self, body: JSON, deadline: float) -> JSON:
         """Send etcd's authenticate request (without a token) and decode its answer."""
         path = "/v3/auth/authenticate"
-        data, target = self._attempts(
-            path, deadline, None, self._poster(path, _encode(body), False)
-        )
-        return _decode_answer(data, target)
+        started = time.monotonic()
+        logged = REQUEST_LOG.isEnabledFor(logging.DEBUG)
+        try:
+            data, target = self._attempts(
+                path, deadline, None, self._poster(path, _encode(body), False)
+            )
+            answer = _decode_answer(data, target)
+        except errors.EtcdError as exc:
+            self.counters.error(exc)
+            if logged:
+                log_request("POST", path, exc.endpoint, started, exc)
+            raise
+        if logged:  # (not the sizes: they would tell a password's length)
+            log_request("POST", path, target, started)
+        return answer
 
     def _attempts(
         self,
@@ -324,6 +385,14 @@ class Transport:
             except _Retryable as failure:
                 error = failure.error
                 refusals = refusals + 1 if failure.refused else 0
+                if REQUEST_LOG.isEnabledFor(logging.DEBUG):
+                    REQUEST_LOG.debug(
+                        "POST %s endpoint=%s attempt failed (%s: %s)",
+                        path,
+                        target,
+                        type(error).__name__,
+                        error.message,
+                    )
             except errors.IndeterminateWrite:
                 if pinned is None:
                     self.mark_failed(target)  # the next call tries another endpoint
@@ -349,6 +418,7 @@ class Transport:
                 time.sleep(pause)
                 backoff = min(backoff * 2, BACKOFF_MAX)
             self._check_open()
+            self.counters.retries += 1
 
     def _attempt(
         self,
@@ -362,6 +432,8 @@ class Transport:
     ) -> R:
         remaining = max(0.001, deadline - time.monotonic())
         self.requests += 1
+        by_path = self.counters.requests_by_path
+        by_path[path] = by_path.get(path, 0) + 1
         if not write and len(self.endpoints) > 1:
             # one silent member (paused, blackholed) must not eat a read's or a stream's
             # whole deadline: leave it for the next endpoint after half of it

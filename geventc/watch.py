@@ -451,6 +451,12 @@ class WatchHub:
         """How many prefix watches (HTTP watch streams) are open."""
         return len(self._watches)
 
+    @property
+    def stale(self) -> int:
+        """How many prefix watches have a copy not confirmed current now (see
+        :mod:`geventc.staleness`)."""
+        return sum(1 for watch in self._watches.values() if watch.stale)
+
     def subscribe(
         self,
         prefix: bytes,

@@ -21,6 +21,7 @@ import gevent
 
 from . import errors, status, wire
 from .http import HTTPStream, StreamBroken
+from .stats import REQUEST_LOG
 from .wire import JSON, WatchResponse
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class WatchStream:
         self._token: str | None = None
         self._cancelled = False
         self._reading = False
+        self._counted = False  # counted in the open streams gauge (confirmed, connected)
         self._seen_revision = 0
         self.start_revision = start_revision
         self.created_revision = 0
@@ -121,6 +123,8 @@ class WatchStream:
         if self._cancelled:
             return
         self._cancelled = True
+        if REQUEST_LOG.isEnabledFor(logging.DEBUG):
+            REQUEST_LOG.debug("%r closed", self)
         if self._reading:
             self._interrupt()  # the reading greenlet wakes up and closes the stream
         else:
@@ -152,15 +156,15 @@ class WatchStream:
                     refusals = refusals + 1 if _refused(exc) else 0
                 gone = refusals > _REFUSED_ROUNDS * len(self._transport.endpoints)
                 if gone or (outage_deadline is not None and now >= outage_deadline):
-                    self._fail()
+                    self._fail(exc)
                     raise _as_error(exc, self._endpoint) from None
                 if outage_deadline is not None:
                     time.sleep(_RETRY_PAUSE)
                 outage_deadline = outage_deadline or now + self._transport.timeout
                 self._broken(exc)
                 continue
-            except errors.EtcdError:
-                self._fail()
+            except errors.EtcdError as exc:
+                self._fail(exc)
                 raise
             if response is not None:
                 return response
@@ -197,6 +201,7 @@ class WatchStream:
                 if created.created:
                     break
         if created.header.revision < self._seen_revision:
+            self._transport.counters.watch_compactions += 1
             raise errors.Compacted(
                 f"etcd's revision went back from {self._seen_revision} to "
                 f"{created.header.revision} (its data was lost or replaced): the history "
@@ -208,6 +213,20 @@ class WatchStream:
         self.confirmed_at = time.monotonic()
         if self._liveness is not None:
             self._liveness.attach(self)
+        counters = self._transport.counters
+        counters.watch_streams_opened += 1
+        counters.watch_streams_open += 1
+        self._counted = True
+        if self.created_revision:
+            counters.watch_restarts += 1
+        if REQUEST_LOG.isEnabledFor(logging.DEBUG):
+            REQUEST_LOG.debug(
+                "%r %s on %s at revision %d",
+                self,
+                "restarted" if self.created_revision else "open",
+                stream.endpoint,
+                created.header.revision,
+            )
         if not self.created_revision:
             self.created_revision = created.header.revision
         if not self.start_revision:
@@ -264,6 +283,7 @@ class WatchStream:
         if not response.canceled:
             return
         if response.compact_revision:
+            self._transport.counters.watch_compactions += 1
             raise errors.Compacted(
                 f"watch start revision {self.start_revision} was compacted "
                 f"(compacted up to {response.compact_revision})",
@@ -301,11 +321,16 @@ class WatchStream:
     def _drop_connection(self) -> None:
         if self._liveness is not None:
             self._liveness.detach(self)
+        if self._counted:
+            self._counted = False
+            self._transport.counters.watch_streams_open -= 1
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()
 
-    def _fail(self) -> None:
+    def _fail(self, cause: BaseException | None = None) -> None:
+        if cause is not None and REQUEST_LOG.isEnabledFor(logging.DEBUG):
+            REQUEST_LOG.debug("%r ended: %s: %s", self, type(cause).__name__, cause)
         self._cancelled = True
         self._drop_connection()
 
