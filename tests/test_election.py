@@ -251,9 +251,9 @@ def test_server_restart_suspends_then_leads_again(private_server: EtcdServer) ->
     ("ttl", "timeout", "fault"),
     [
         (5, 5.0, "kill"),
-        (15, 5.0, "kill"),
+        pytest.param(15, 5.0, "kill", marks=pytest.mark.long),  # 20 s each
         (5, 5.0, "pause"),
-        (15, 5.0, "pause"),
+        pytest.param(15, 5.0, "pause", marks=pytest.mark.long),
         (5, 30.0, "pause"),
     ],
 )

@@ -106,3 +106,27 @@ def test_no_etcd_survives_an_exit_without_stop() -> None:
 
 def test_no_etcd_survives_a_killed_test_process() -> None:
     assert not _etcd_left_behind_by(SPAWN.format(tail="time.sleep(60)"), kill_parent=True)
+
+
+def test_a_member_whose_port_another_process_took_starts_on_new_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Suites of several etcd releases run side by side: a port found free can be bound
+    by another process before etcd binds it; the cluster then starts on new ports."""
+    import socket
+
+    from geventc.testing import server as harness
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real_free_port = harness.free_port
+    ports = iter([taken.getsockname()[1]])
+    monkeypatch.setattr(harness, "free_port", lambda: next(ports, None) or real_free_port())
+    try:
+        with EtcdServer(fsync=False) as server, Client(server.endpoints) as client:
+            assert server.members[0].client_port != taken.getsockname()[1]
+            client.put("k", "v")
+            assert client.get("k").value == b"v"
+    finally:
+        taken.close()

@@ -42,6 +42,8 @@ from .netns import TestNetwork
 from .releases import EtcdNotFound, EtcdRelease, binary_release, find_etcd_binary
 
 ROOT_PASSWORD = "geventc-root-pw"
+#: startups tried when a member loses a port to another process before it binds it
+PORT_ATTEMPTS = 3
 _C = TypeVar("_C", bound="EtcdCluster")
 _R = TypeVar("_R")
 _LIVE: weakref.WeakSet[EtcdCluster] = weakref.WeakSet()
@@ -312,15 +314,45 @@ class EtcdCluster:
         try:
             if self.network is not None:
                 self.network.create()
-            for member in self.members:
-                member.start("new")
-            self.wait_healthy()
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                for member in self.members:
+                    member.start("new")
+                try:
+                    self.wait_healthy()
+                    if all(member.running for member in self.members):
+                        break
+                    raise RuntimeError("an etcd member exited during startup")
+                except RuntimeError:
+                    if attempt == PORT_ATTEMPTS or not self._lost_a_port():
+                        raise
+                    self._move_to_new_ports()
             if self.auth:
                 self._enable_auth()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _lost_a_port(self) -> bool:
+        """Whether a member exited because another process took one of its ports
+        between :func:`free_port` and etcd's own bind (test runs side by side)."""
+        return any(
+            not member.running and "address already in use" in member.log_tail(50)
+            for member in self.members
+        )
+
+    def _move_to_new_ports(self) -> None:
+        """Stop every member, forget its data and give it (and its proxy) new ports."""
+        for member in self.members:
+            member.kill()
+            shutil.rmtree(member.data_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.remove(member.log_path)
+            member.client_port, member.peer_port = free_port(), free_port()
+        if self.proxies:
+            for proxy in self.proxies:
+                proxy.close()
+            self.proxies = [FaultProxy(m.client_url) for m in self.members]
 
     def stop(self) -> None:
         """Stop every member, close the proxies, remove the network namespaces and

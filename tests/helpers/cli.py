@@ -20,8 +20,13 @@ COMMAND = [sys.executable, "-m", "geventc"]
 
 
 def environment(**extra: str) -> dict[str, str]:
-    """This process's environment without any GEVENTC_* variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEVENTC_")}
+    """This process's environment without any GEVENTC_* variable (but the etcd builds
+    ``GEVENTC_ETCD_PATH`` that ``ETCD_VERSION`` chooses from), plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GEVENTC_") or k == "GEVENTC_ETCD_PATH"
+    }
     env.update(extra)
     return env
 
