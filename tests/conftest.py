@@ -5,10 +5,11 @@ come from geventc's pytest plugin)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.cli import Running
 
 import geventc
 from geventc import http as geventc_http
@@ -61,3 +62,19 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "urllib3":
         monkeypatch.setattr(geventc_http, "ANSWER_PARSER", None)
     return str(request.param)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Running]]:
+    """Start long-running ``geventc`` commands; any still running are killed after the
+    test."""
+    started: list[Running] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Running:
+        command = Running(args, env)
+        started.append(command)
+        return command
+
+    yield start
+    for command in started:
+        command.kill()

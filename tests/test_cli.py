@@ -24,21 +24,6 @@ from geventc.testing.plugin import EtcdTestContext
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "geventc")
 
 
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Running]]:
-    """Start long-running commands; any still running are killed after the test."""
-    started: list[Running] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Running:
-        command = Running(args, env)
-        started.append(command)
-        return command
-
-    yield start
-    for command in started:
-        command.kill()
-
-
 def endpoint_args(etcd: EtcdTestContext) -> list[str]:
     return ["--endpoints", ",".join(etcd.endpoints)]
 

@@ -25,21 +25,6 @@ from geventc.testing.plugin import EtcdTestContext
 GRANTED = re.compile(r"^lease ([0-9a-f]{16}) granted with TTL\((\d+)s\)$")
 
 
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Running]]:
-    """Start long-running commands; any still running are killed after the test."""
-    started: list[Running] = []
-
-    def start(*args: str) -> Running:
-        command = Running(args, None)
-        started.append(command)
-        return command
-
-    yield start
-    for command in started:
-        command.kill()
-
-
 def at(etcd: EtcdTestContext) -> list[str]:
     return ["--endpoints", ",".join(etcd.endpoints)]
 

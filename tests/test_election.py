@@ -11,31 +11,16 @@ import time
 
 import gevent
 import pytest
-from helpers.channels import next_of
+from helpers.channels import next_status, wait_for
 from helpers.waiting import wait_until
 
 import geventc
-from geventc import ElectionEvent, ElectionStatus, LeaderElector, Op
+from geventc import ElectionStatus, Op
 from geventc.errors import InvalidArgument, NotLeader, RecipeStateError
 from geventc.testing import EtcdServer
 from geventc.testing.plugin import EtcdTestContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def next_status(elector: LeaderElector, timeout: float = 10.0) -> ElectionEvent:
-    """The elector's next ElectionEvent (skipping RecipeError reports)."""
-    return next_of(elector.channel, ElectionEvent, timeout)
-
-
-def wait_for(
-    elector: LeaderElector, status: ElectionStatus, timeout: float = 10.0
-) -> ElectionEvent:
-    deadline = time.monotonic() + timeout
-    while True:
-        event = next_status(elector, max(0.01, deadline - time.monotonic()))
-        if event.status is status:
-            return event
 
 
 def test_single_candidate_leads_with_a_fencing_token(conn: geventc.Connector) -> None:

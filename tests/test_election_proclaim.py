@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from helpers.channels import next_of
+from helpers.channels import next_status, wait_for
 
 import geventc
-from geventc import ElectionEvent, ElectionStatus, LeaderElector
+from geventc import ElectionStatus
 from geventc.errors import InvalidArgument, NotLeader
-
-
-def next_status(elector: LeaderElector, timeout: float = 10.0) -> ElectionEvent:
-    """The elector's next ElectionEvent (skipping RecipeError reports)."""
-    return next_of(elector.channel, ElectionEvent, timeout)
-
-
-def wait_for(
-    elector: LeaderElector, status: ElectionStatus, timeout: float = 10.0
-) -> ElectionEvent:
-    deadline = time.monotonic() + timeout
-    while True:
-        event = next_status(elector, max(0.01, deadline - time.monotonic()))
-        if event.status is status:
-            return event
 
 
 def test_a_leader_proclaims_a_value_its_followers_see_and_keeps_its_token(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from gopeer import GoMissing, GoPeers, build_peer
+from kitexpeer import build_kitex_peer
 
 import geventc
 from geventc.testing.plugin import EtcdTestContext
@@ -28,14 +29,34 @@ def go_peer_binary() -> Path:
         pytest.skip(f"Go interop tests skipped: {exc}")
 
 
-@pytest.fixture
-def go_peers(go_peer_binary: Path) -> Iterator[GoPeers]:
-    """Starts Go peers for one test; every one is ended (SIGTERM, then SIGKILL) after it."""
-    peers = GoPeers(go_peer_binary)
+@pytest.fixture(scope="session")
+def kitex_peer_binary() -> Path:
+    """The built Kitex peer (``tests/interop/bin/kitexpeer``); skipped only when it must
+    be built and ``go`` is absent (a failed build is an error)."""
+    try:
+        return build_kitex_peer()
+    except GoMissing as exc:
+        pytest.skip(f"Kitex interop tests skipped: {exc}")
+
+
+def _peers(binary: Path) -> Iterator[GoPeers]:
+    peers = GoPeers(binary)
     try:
         yield peers
     finally:
         peers.close()
+
+
+@pytest.fixture
+def go_peers(go_peer_binary: Path) -> Iterator[GoPeers]:
+    """Starts Go peers for one test; every one is ended (SIGTERM, then SIGKILL) after it."""
+    yield from _peers(go_peer_binary)
+
+
+@pytest.fixture
+def kitex(kitex_peer_binary: Path) -> Iterator[GoPeers]:
+    """Starts Kitex peers for one test; every one is ended (SIGTERM, then SIGKILL)."""
+    yield from _peers(kitex_peer_binary)
 
 
 @pytest.fixture

@@ -42,30 +42,39 @@ def sources() -> list[Path]:
     return [INTEROP / "go.mod", INTEROP / "go.sum", *sorted((INTEROP / "peer").glob("*.go"))]
 
 
-def binary_is_fresh(binary: Path = BINARY) -> bool:
-    """True when ``binary`` exists and is newer than every source file."""
+def is_fresh(binary: Path, built_from: Sequence[Path]) -> bool:
+    """True when ``binary`` exists and is newer than every file of ``built_from``."""
     if not binary.exists():
         return False
     built = binary.stat().st_mtime
-    return all(source.stat().st_mtime <= built for source in sources())
+    return all(source.stat().st_mtime <= built for source in built_from)
 
 
-def build_peer(binary: Path = BINARY, timeout: float = BUILD_TIMEOUT) -> Path:
-    """The peer binary, built with ``go build -mod=readonly`` unless it is up to date.
+def build_go_program(
+    module: Path,
+    package: str,
+    binary: Path,
+    built_from: Sequence[Path],
+    timeout: float = BUILD_TIMEOUT,
+) -> Path:
+    """``binary``, built from ``package`` of the Go ``module`` with ``go build
+    -mod=readonly`` unless it is newer than every file of ``built_from``.
 
     Raises :class:`GoMissing` when it must be built and ``go`` is not on PATH, and
-    ``RuntimeError`` (with go's output) when the build fails.
+    ``RuntimeError`` (with go's output) when the build fails. The binary is replaced
+    atomically: a concurrent run never sees half of it.
     """
-    if binary_is_fresh(binary):
+    if is_fresh(binary, built_from):
         return binary
+    where = module.relative_to(INTEROP.parent.parent) / package
     go = shutil.which("go")
     if go is None:
-        raise GoMissing("the `go` command is not on PATH (needed to build tests/interop/peer)")
+        raise GoMissing(f"the `go` command is not on PATH (needed to build {where})")
     binary.parent.mkdir(parents=True, exist_ok=True)
     partial = binary.with_name(f".{binary.name}.{os.getpid()}")
     result = subprocess.run(
-        [go, "build", "-mod=readonly", "-o", str(partial), "./peer"],
-        cwd=INTEROP,
+        [go, "build", "-mod=readonly", "-o", str(partial), package],
+        cwd=module,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -74,9 +83,19 @@ def build_peer(binary: Path = BINARY, timeout: float = BUILD_TIMEOUT) -> Path:
     if result.returncode != 0:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        raise RuntimeError(f"go build of tests/interop/peer failed:\n{result.stderr}")
-    partial.replace(binary)  # atomic: a concurrent run never sees half a binary
+        raise RuntimeError(f"go build of {where} failed:\n{result.stderr}")
+    partial.replace(binary)
     return binary
+
+
+def binary_is_fresh(binary: Path = BINARY) -> bool:
+    """True when ``binary`` exists and is newer than every source file."""
+    return is_fresh(binary, sources())
+
+
+def build_peer(binary: Path = BINARY, timeout: float = BUILD_TIMEOUT) -> Path:
+    """The peer binary (``tests/interop/peer``): :func:`build_go_program`."""
+    return build_go_program(INTEROP, "./peer", binary, sources(), timeout)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child

@@ -13,16 +13,13 @@ does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
-from gopeer import GoMissing, GoPeer, GoPeers, only
+from gopeer import GoPeer, GoPeers, only
 from helpers.channels import next_of
 from helpers.waiting import wait_until
-from kitexpeer import build_kitex_peer
 
 import geventc
 from geventc import (
@@ -41,26 +38,6 @@ from geventc.testing.plugin import EtcdTestContext
 from geventc.wire import Event, EventType
 
 TAGS = {"hello": "world", "zone": "a"}
-
-
-@pytest.fixture(scope="session")
-def kitex_peer_binary() -> Path:
-    """The built Kitex peer (``tests/interop/bin/kitexpeer``); skipped only when it must
-    be built and ``go`` is absent (a failed build is an error)."""
-    try:
-        return build_kitex_peer()
-    except GoMissing as exc:
-        pytest.skip(f"Kitex interop tests skipped: {exc}")
-
-
-@pytest.fixture
-def kitex(kitex_peer_binary: Path) -> Iterator[GoPeers]:
-    """Starts Kitex peers for one test; every one is ended (SIGTERM, then SIGKILL)."""
-    peers = GoPeers(kitex_peer_binary)
-    try:
-        yield peers
-    finally:
-        peers.close()
 
 
 def kitex_prefix(etcd: EtcdTestContext) -> str:
