@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .resolver import Resolver, ServiceInstances
     from .retry import RetryPolicy
     from .staleness import Staleness
+    from .stats import Stats
     from .stm import STM, Isolation
     from .transport import TLSConfig
     from .txn import Compare, Comparison, Op, TxnOp
@@ -74,6 +75,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "Barrier": "recipes.barrier",
     "Channel": "channel",
+    "Stats": "stats",
     "ClaimEvent": "recipes.queue",
     "ClaimStatus": "recipes.queue",
     "ClaimedItem": "recipes.queue",
@@ -236,6 +238,7 @@ __all__ = [
     "ServiceSnapshot",
     "ServiceTracker",
     "Staleness",
+    "Stats",
     "Status",
     "TLSConfig",
     "TxnOp",
