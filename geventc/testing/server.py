@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -103,6 +103,15 @@ class EtcdMember:
         """The member's peer URL."""
         return f"http://{self.peer_host}:{self.peer_port}"
 
+    def environment(self) -> dict[str, str]:
+        """The environment the member's process starts with (at every start): the
+        test process's without ``ETCD_*`` variables (:func:`member_environment`), plus
+        what the cluster's ``member_env`` hook gives this member."""
+        env = member_environment()
+        if self.cluster.member_env is not None:
+            env.update(self.cluster.member_env(self))
+        return env
+
     @property
     def running(self) -> bool:
         """True while the process exists (paused or not)."""
@@ -144,7 +153,7 @@ class EtcdMember:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=member_environment(),
+                env=self.environment(),
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         finally:
@@ -198,6 +207,13 @@ class EtcdCluster:
     each member a :class:`~geventc.testing.faults.FaultProxy`: :attr:`endpoints` are
     then the proxies' (what clients use), while members' ``client_url`` and
     :meth:`admin` stay direct; see :meth:`blackhole` and :meth:`proxy`.
+
+    ``member_env`` adds environment variables to a member's process: it is called with
+    the :class:`EtcdMember` at each start of it (and by :meth:`EtcdMember.environment`)
+    and its mapping is laid over :func:`member_environment`, e.g. ``GOFAIL_HTTP`` for a
+    failpoint build (:class:`geventc.testing.failpoints.Gofail`). It should give the
+    same answer for the same member and ports, so that a restarted member is reached
+    where it was.
     """
 
     def __init__(
@@ -213,6 +229,7 @@ class EtcdCluster:
         startup_timeout: float = 30.0,
         netns: bool = False,
         proxied: bool = False,
+        member_env: Callable[[EtcdMember], Mapping[str, str]] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -225,6 +242,8 @@ class EtcdCluster:
         self.fsync = fsync
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
+        #: extra environment of each member's process (see the class docstring)
+        self.member_env = member_env
         self.directory = tempfile.mkdtemp(prefix="geventc-etcd-", dir=self._data_root())
         self.token = os.path.basename(self.directory)
         hosts = tuple(self.network.client_ip(i) for i in range(size)) if self.network else ()

@@ -269,12 +269,23 @@ class Run:
         self._client: Client | None = None
         #: the stored prefix of the election whose leader key ``steal`` actions delete
         self.election: str | None = None
+        #: the highest revision a ``compact`` action may compact (None: any); a run
+        #: whose ground truth is a reference watch bounds it by what that delivered
+        self.compact_limit: Callable[[], int] | None = None
+        #: the test module of the replay command, and the re-check command's start
+        self.test_module = "tests/chaos/test_chaos.py"
+        self.recheck = f"python -m tests.chaos.checks {prop}"
+        #: extra keyword arguments of the harness's own client (an auth cluster's
+        #: credentials: ``EtcdCluster.client_options()``)
+        self.client_options: dict[str, Any] = {}
         self.seconds = 0.0  # of the plan executed
         #: member episodes in progress (ref -> the members in trouble), replaces running
         self._episodes: dict[int, list[EtcdMember]] = {}
         self._replacing: dict[int, gevent.Greenlet[[EtcdMember], None]] = {}
         #: ``pause-holder`` actions in effect (ref -> the slot paused)
         self._holders_paused: dict[int, str] = {}
+        #: ``member-failpoint`` episodes in progress (ref -> the member, the failpoint)
+        self._armed: dict[int, tuple[EtcdMember, str]] = {}
         #: the harness process's own resources (it also runs the members' proxies)
         self._sampler = gevent.spawn(
             resources.sample_forever,
@@ -338,7 +349,9 @@ class Run:
         """A client of the harness itself (raw keys: namespace them by hand). It talks
         to the members directly: the operator is not behind the faulty proxies."""
         if self._client is None:
-            self._client = Client([m.client_url for m in self.cluster.members], timeout=5.0)
+            self._client = Client(
+                [m.client_url for m in self.cluster.members], timeout=5.0, **self.client_options
+            )
         return self._client
 
     def key(self, path: str) -> str:
@@ -351,7 +364,7 @@ class Run:
         select = f" -k '{self.test_id}'" if self.test_id else ""
         return (
             f"{seconds}GEVENTC_CHAOS_SEED={self.seed} GEVENTC_CHAOS_KEEP=1 "
-            f"pytest-gevent -m chaos tests/chaos/test_chaos.py{select}"
+            f"pytest-gevent -m chaos {self.test_module}{select}"
         )
 
     def verdict(self, violations: Sequence[str]) -> None:
@@ -368,7 +381,7 @@ class Run:
             f"chaos property {self.prop} failed for seed {self.seed} "
             f"({len(violations)} violations):\n  - {shown}{more}\n"
             f"history: {self.history.path} (kept)\n"
-            f"re-check it: python -m tests.chaos.checks {self.prop} {self.history.path}\n"
+            f"re-check it: {self.recheck} {self.history.path}\n"
             f"replay: {self.replay_command()}"
         )
 
@@ -416,6 +429,8 @@ class Run:
             self._member_up(action)
         elif kind == "compact":
             revision = self.client.get_prefix("/chaos-none/", count_only=True).header.revision
+            if self.compact_limit is not None:
+                revision = min(revision, self.compact_limit())
             self.client.compact(revision)
             self.counts[kind] += 1
             self.history.record("harness", "compact", revision=revision)
@@ -477,6 +492,8 @@ class Run:
                 cluster.blackhole(member)  # its client proxy is frozen
             elif kind == "member-isolate":
                 cluster.isolate(member)  # cut from its peers; clients still reach it
+            elif kind == "member-failpoint":  # it crashes where etcd passes that point
+                self._arm_failpoint(member, action)
             elif kind == "member-replace":  # as long as it takes, in its own greenlet
                 self._replacing[action.ref] = gevent.spawn(self._replace, member)
             else:
@@ -493,6 +510,9 @@ class Run:
         kind, cluster = action.kind, self.cluster
         victims = self._episodes.pop(action.ref)
         fields: dict[str, Any] = {}
+        armed = self._armed.pop(action.ref, None)
+        if armed is not None:  # did the failpoint crash it (or is it still running)?
+            fields.update(failpoint=armed[1], crashed=not armed[0].running)
         if kind == "member-rejoin":
             cluster.partition([cluster.members])  # one group: no cut left
         elif kind == "member-replaced":
@@ -511,6 +531,23 @@ class Run:
             self.history.record("harness", kind, member=names[0], **fields)
         else:
             self.history.record("harness", kind, members=names, **fields)
+
+    def _arm_failpoint(self, member: EtcdMember, action: Action) -> None:
+        """Arm etcd's failpoint ``action.arg`` on ``member`` with ``panic`` (it crashes
+        the next time it passes there; the episode's ``member-restart`` brings it back
+        with its data). The cluster must be a failpoint build whose ``member_env`` is a
+        :class:`geventc.testing.failpoints.Gofail`."""
+        from geventc.testing.failpoints import Gofail
+
+        gofail = self.cluster.member_env
+        if not isinstance(gofail, Gofail):
+            raise RuntimeError(
+                "member-failpoint needs a failpoint build: EtcdCluster(binary="
+                "find_release('3.6-failpoints').binary, member_env=Gofail())"
+            )
+        gofail.enable(member, action.arg, "panic")
+        self._armed[action.ref] = (member, action.arg)
+        self.history.record("harness", "failpoint-armed", member=member.name, failpoint=action.arg)
 
     def _replace(self, member: EtcdMember) -> None:
         """Wipe ``member`` and add it back (``EtcdCluster.replace``), recording when it

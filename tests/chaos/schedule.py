@@ -35,6 +35,10 @@ EPISODES = {
     "isolate": ("member-isolate", "member-rejoin"),
     "isolate-leader": ("member-isolate", "member-rejoin"),
     "replace": ("member-replace", "member-replaced"),
+    # etcd's own failpoint (the action's ``arg``, from ``Profile.failpoints``) panics the
+    # member where it is; it is restarted with its data (a failpoint build's cluster)
+    "failpoint": ("member-failpoint", "member-restart"),
+    "failpoint-leader": ("member-failpoint", "member-restart"),
 }
 MEMBER_DOWN = tuple(sorted({down for down, _ in EPISODES.values()}))
 MEMBER_UP = tuple(sorted({up for _, up in EPISODES.values()}))
@@ -97,6 +101,10 @@ class Profile:
     #: how long every client proxy stays frozen in a ``blackhole-all`` episode (past
     #: the liveness bound, often, so recipes must say they are stale)
     all_down: tuple[float, float] = (4.0, 10.0)
+    #: etcd failpoints a ``failpoint`` / ``failpoint-leader`` episode picks from (each
+    #: armed with ``panic``: the member crashes there; needs a failpoint build, see
+    #: ``geventc.testing.failpoints``), e.g. ``("raftBeforeSave", "raftAfterSave")``
+    failpoints: Sequence[str] = ()
     #: the kind of the first member episode (None: dealt like the others), so that even
     #: a short run has the fault that matters most to its property
     opening: str | None = None
@@ -185,6 +193,13 @@ def _down_for(profile: Profile, kind: str) -> tuple[float, float]:
     return profile.member_down
 
 
+def _failpoint(rng: random.Random, profile: Profile) -> str:
+    """The failpoint of a ``failpoint`` episode (one of the profile's)."""
+    if not profile.failpoints:
+        raise ValueError(f"profile {profile.name!r} has failpoint episodes but no failpoints")
+    return rng.choice(sorted(profile.failpoints))
+
+
 def make_plan(seed: int, duration: float, profile: Profile) -> Plan:
     """The plan for ``seed``: deterministic for a given seed, duration and profile."""
     rng = random.Random(f"{profile.name}:{seed}:{duration}")
@@ -207,7 +222,8 @@ def make_plan(seed: int, duration: float, profile: Profile) -> Plan:
         target = "leader" if kind.endswith("-leader") else "" if kind == "blackhole-all" else member
         ref = next(refs)
         down_kind, up_kind = EPISODES[kind]
-        actions += [Action(t, down_kind, target, ref), Action(up, up_kind, "", ref)]
+        arg = _failpoint(rng, profile) if kind.startswith("failpoint") else ""
+        actions += [Action(t, down_kind, target, ref, arg), Action(up, up_kind, "", ref)]
         t = up + rng.uniform(*profile.member_gap)
 
     # participant faults, each slot on its own timeline

@@ -918,7 +918,9 @@ PROFILE = Profile(
         "isolate-leader": 0.5,
         "replace": 0.5,
         "blackhole-all": 0.5,
+        "failpoint": 0.5,
     },
+    failpoints=("raftBeforeSave", "raftAfterSave"),
     member_quiet=3.0,
     compact_every=(2.0, 4.0),
 )
