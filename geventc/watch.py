@@ -358,7 +358,12 @@ class PrefixWatch:
             self._publish(self._update(()))
         self._current_again()
         for response in self._stream:
-            events = self._apply(response.events) if response.events else ()
+            events = response.events
+            if events and events[0].kv.mod_revision <= self.revision:
+                # already in the copy: a catch-up read found it equal to a newer state
+                # (``_reflects``); handed out now they would be labelled that revision
+                events = tuple(e for e in events if e.kv.mod_revision > self.revision)
+            events = self._apply(events) if events else ()
             self.revision = max(self.revision, self._stream.start_revision - 1)
             self._current_again()
             if events:
@@ -416,12 +421,21 @@ class PrefixWatch:
                 for listener in listeners:
                     self._call(listener, view)
             return
+        if len(update.events) == 1:
+            of_key = self._by_key.get(update.events[0].kv.key)
+            for listener in of_key or ():
+                self._call(listener, update)
+            return
+        # a response of many revisions (a resumed watch catching up): each key's
+        # listeners get that key's events together, with the state after all of them
+        mine_of: dict[bytes, list[Event]] = {}
         for event in update.events:
-            of_key = self._by_key.get(event.kv.key)
-            if of_key:
-                view = dataclasses.replace(update, events=(event,))
-                for listener in of_key:
-                    self._call(listener, view)
+            if event.kv.key in self._by_key:
+                mine_of.setdefault(event.kv.key, []).append(event)
+        for key, mine in mine_of.items():
+            view = dataclasses.replace(update, events=tuple(mine))
+            for listener in self._by_key.get(key, ()):
+                self._call(listener, view)
 
     @staticmethod
     def _call(listener: Listener, update: PrefixUpdate) -> None:
