@@ -157,6 +157,8 @@ class WatchStream:
                 gone = refusals > _REFUSED_ROUNDS * len(self._transport.endpoints)
                 if gone or (outage_deadline is not None and now >= outage_deadline):
                     self._fail(exc)
+                    if isinstance(exc, _Behind):
+                        self._transport.counters.watch_compactions += 1
                     raise _as_error(exc, self._endpoint) from None
                 if outage_deadline is not None:
                     time.sleep(_RETRY_PAUSE)
@@ -201,13 +203,17 @@ class WatchStream:
                 if created.created:
                     break
         if created.header.revision < self._seen_revision:
-            self._transport.counters.watch_compactions += 1
-            raise errors.Compacted(
-                f"etcd's revision went back from {self._seen_revision} to "
-                f"{created.header.revision} (its data was lost or replaced): the history "
-                "this watch needs is gone",
-                compact_revision=created.header.revision,
-                endpoint=stream.endpoint,
+            # a member behind what was delivered: cut off from its peers, catching up
+            # after a restart, or its data lost; another member may have the history
+            raise _Behind(
+                errors.Compacted(
+                    f"etcd's revision went back from {self._seen_revision} to "
+                    f"{created.header.revision} on every member tried (behind what this "
+                    "watch delivered: the data was lost or replaced): the history this "
+                    "watch needs is gone",
+                    compact_revision=created.header.revision,
+                    endpoint=stream.endpoint,
+                )
             )
         self._seen_revision = max(self._seen_revision, created.header.revision)
         self.confirmed_at = time.monotonic()
@@ -339,6 +345,16 @@ class _StreamEnded(Exception):
     """The HTTP stream ended or must be re-established."""
 
 
+class _Behind(_StreamEnded):
+    """The member confirmed the watch at a revision behind what the stream delivered:
+    try the others; :class:`Compacted` (``error``) when none has the history."""
+
+    def __init__(self, error: errors.Compacted) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.endpoint = error.endpoint
+
+
 _TRANSIENT = (
     StreamBroken,
     errors.Unavailable,
@@ -355,8 +371,8 @@ _REFUSED_ROUNDS = 2
 
 def _refused(exc: BaseException) -> bool:
     """True when an endpoint answered that it cannot serve the watch at all: nothing
-    listens there, or it has no raft leader."""
-    if isinstance(exc, errors.NoLeader):
+    listens there, it has no raft leader, or its data is behind what was delivered."""
+    if isinstance(exc, errors.NoLeader | _Behind):
         return True
     return isinstance(exc, errors.ConnectionFailed) and "refused" in exc.message
 
@@ -364,6 +380,8 @@ def _refused(exc: BaseException) -> bool:
 def _as_error(exc: BaseException, endpoint: str) -> errors.EtcdError:
     if isinstance(exc, errors.EtcdError):
         return exc
+    if isinstance(exc, _Behind):
+        return exc.error
     return errors.ConnectionFailed(
         f"watch stream lost and not re-established: {exc}", endpoint=endpoint
     )
