@@ -19,7 +19,11 @@ Workloads (test names):
   (callers leave coalesced batches before or after they were sent) and a 1 s client
   timeout;
 - ``test_kv_multi_key``: 4 keys, txns comparing 3 keys' values and writing 1-3 of them,
-  ``get_prefix`` of all of them, single gets and writes; one model over all keys.
+  ``get_prefix`` of all of them, single gets and writes; one model over all keys;
+- ``test_kv_single_at_failpoints``: the single-key workload on a cluster of the
+  failpoint build (``tests/etcd/build.py 3.6-failpoints``), whose member faults are
+  etcd's own failpoints: a leader or a follower panics before or after persisting or
+  applying a raft entry, or around a backend commit, and is restarted with its data.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,8 +42,9 @@ from typing import Any, TypeVar
 import pytest
 
 from geventc.testing import EtcdCluster
+from geventc.testing.failpoints import Gofail
 from geventc.testing.faults import FaultHarnessUnavailable
-from geventc.testing.releases import binary_release
+from geventc.testing.releases import EtcdNotFound, binary_release, find_release
 from geventc.testing.server import ROOT_PASSWORD
 
 from . import linearizability
@@ -61,6 +69,14 @@ MEMBER_FAULTS = {
     "isolate-leader": 1.0,
     "replace": 1.0,
 }
+#: etcd's own failpoints of ``test_kv_single_at_failpoints`` (each armed with ``panic``)
+FAILPOINTS = (
+    "raftBeforeSave",
+    "raftAfterSave",
+    "beforeApplyOneEntryNormal",
+    "beforeCommit",
+    "afterCommit",
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -93,6 +109,44 @@ def cluster() -> Iterator[EtcdCluster]:
             auth=True,
             auth_token_ttl=TOKEN_TTL,
             binary=etcd_binary(),
+        ).start()
+    except FaultHarnessUnavailable as exc:
+        pytest.skip(f"the chaos runs need member network namespaces: {exc}")
+    try:
+        yield members
+    finally:
+        members.stop()
+
+
+@pytest.fixture(scope="module")
+def failpoint_cluster() -> Iterator[EtcdCluster]:
+    """A cluster like :func:`cluster` of the failpoint build (etcd 3.6.16 with gofail),
+    each member serving its failpoints (``Gofail``); the build is made (or copied from
+    its cache) by ``tests/etcd/build.py`` when ``go`` is there."""
+    if shutil.which("go") is not None:
+        build = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tests", "etcd", "build.py"), "3.6-failpoints"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if build.returncode != 0:
+            raise RuntimeError(f"the failpoint build failed:\n{build.stdout}{build.stderr}")
+    try:
+        binary = find_release("3.6-failpoints").binary
+    except EtcdNotFound as exc:
+        pytest.skip(f"no failpoint build and no `go` to make one: {exc}")
+    try:
+        members = EtcdCluster(
+            3,
+            fsync=False,
+            netns=True,
+            proxied=True,
+            auth=True,
+            auth_token_ttl=TOKEN_TTL,
+            binary=binary,
+            member_env=Gofail(),
         ).start()
     except FaultHarnessUnavailable as exc:
         pytest.skip(f"the chaos runs need member network namespaces: {exc}")
@@ -179,8 +233,11 @@ def run_workload(
     seed: int,
     seconds: float,
     request: pytest.FixtureRequest,
+    member_kinds: dict[str, float] = MEMBER_FAULTS,
+    failpoints: Sequence[str] = (),
 ) -> None:
-    """Run ``workload`` through the seed's faults, then check every operation."""
+    """Run ``workload`` through the seed's faults (``member_kinds``, the failpoints
+    their ``failpoint`` episodes choose from), then check every operation."""
     slots = [f"kv{i}" for i in range(workload.processes)]
     with Run(workload.name, seed, cluster, SETTINGS, test_id=request.node.name) as run:
         run.test_module = "tests/chaos/test_linearizability.py"
@@ -211,7 +268,8 @@ def run_workload(
             slot_kinds={"short-pause": 1.0},
             short_pause_for=(TOKEN_TTL + 0.3, TOKEN_TTL + 2.0),
             slot_gap=(3.0, 7.0),
-            member_kinds=MEMBER_FAULTS,
+            member_kinds=member_kinds,
+            failpoints=failpoints,
             compact_every=(2.0, 4.0),
         )
         run.execute(make_plan(seed, seconds, profile))
@@ -298,3 +356,17 @@ def test_kv_multi_key(
 ) -> None:
     args = ("--workload", "multi", "--greenlets", "4")
     run_workload(cluster, checker, Workload("kv-multi", "multi", args, 4), seed, seconds, request)
+
+
+@SEEDS
+@bounded(8.0)
+def test_kv_single_at_failpoints(
+    failpoint_cluster: EtcdCluster,
+    checker: Any,
+    seed: int,
+    seconds: float,
+    request: pytest.FixtureRequest,
+) -> None:
+    workload = Workload("kv-single-failpoints", "single", SINGLE, 6)
+    kinds = {"failpoint": 1.0, "failpoint-leader": 1.0}
+    run_workload(failpoint_cluster, checker, workload, seed, seconds, request, kinds, FAILPOINTS)
