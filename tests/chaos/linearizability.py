@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from .history import Record, load
+from .schedule import MEMBER_DOWN, MEMBER_UP
 
 PORCUPINE = Path(__file__).resolve().parent / "porcupine"
 #: the checker binary (built from PORCUPINE when older than its sources)
@@ -552,6 +553,35 @@ def check_history(
     return verdict
 
 
+def ops_by_fault(records: Sequence[Record]) -> Counter[str]:
+    """How many operations were invoked during each kind of member fault: from a
+    member-down record (``member-kill``, ``member-pause``, ...; ``-leader`` when the
+    raft leader was its target) to the next member-up record (member faults never
+    overlap), and ``none`` outside them. Compactions and client pauses are not windows
+    (they are instants, or the paused client invokes nothing)."""
+    windows: list[tuple[float, float, str]] = []
+    opened: tuple[float, str] | None = None
+    for r in records:
+        if r.get("src") != "harness":
+            continue
+        ev = r.get("ev")
+        if ev in MEMBER_DOWN and opened is None:
+            kind = str(ev) + ("-leader" if r.get("target") == "leader" else "")
+            opened = (float(r["t"]), kind)
+        elif ev in MEMBER_UP and opened is not None:
+            windows.append((opened[0], float(r["t"]), opened[1]))
+            opened = None
+    if opened is not None:
+        windows.append((opened[0], float("inf"), opened[1]))
+    starts = [w[0] for w in windows]
+    found: Counter[str] = Counter()
+    for op in operations(records):
+        at = op["call"] / 1e9
+        i = bisect.bisect_right(starts, at) - 1
+        found[windows[i][2] if i >= 0 and at < windows[i][1] else "none"] += 1
+    return found
+
+
 def model_of(records: Iterable[Record]) -> str:
     """The model a history's ``params`` record names (``single`` without one)."""
     for r in records:
@@ -567,8 +597,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", choices=("single", "multi"), help="default: the history's")
     parser.add_argument("--visualize", action="store_true", help="write porcupine.html anyway")
     parser.add_argument("--timeout", type=float, default=CHECK_TIMEOUT)
+    parser.add_argument(
+        "--by-fault", action="store_true", help="also count the operations per member fault"
+    )
     args = parser.parse_args(argv)
     records = load(args.history)
+    if args.by_fault:
+        split = ops_by_fault(records).most_common()
+        print("operations by member fault: " + ", ".join(f"{k} {v}" for k, v in split))
     model = args.model or model_of(records)
     verdict = check_history(
         records,
