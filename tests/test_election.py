@@ -299,6 +299,7 @@ def test_the_path_is_used_as_given_like_go(conn: geventc.Connector, path: str) -
     assert conn.get_prefix(path + "/").kvs == ()
 
 
+@pytest.mark.long  # 8-10 s: in .ci/run's "-m long" step and the release matrix
 def test_restart_with_data_kept_does_not_follow_its_own_old_key(
     private_server: EtcdServer,
 ) -> None:

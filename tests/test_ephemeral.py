@@ -103,6 +103,7 @@ def test_context_manager_and_bad_input(conn: geventc.Connector) -> None:
         conn.ephemeral_key("/b").start()
 
 
+@pytest.mark.long  # 8-10 s: in .ci/run's "-m long" step and the release matrix
 def test_keys_survive_a_server_restart(private_server: EtcdServer) -> None:
     ttl = 3
     with geventc.connect(private_server.endpoints, timeout=1.0) as conn:
@@ -122,6 +123,7 @@ def test_keys_survive_a_server_restart(private_server: EtcdServer) -> None:
         assert conn.get("/r/k") is None
 
 
+@pytest.mark.long  # 8-10 s: in .ci/run's "-m long" step and the release matrix
 def test_own_key_is_taken_over_after_a_restart_with_data_kept(
     private_server: EtcdServer,
 ) -> None:

@@ -264,6 +264,7 @@ def test_registered_once_resolves_configures_and_deregisters_on_shutdown(
     assert "Traceback" not in log, log
 
 
+@pytest.mark.long  # 8-10 s: in .ci/run's "-m long" step and the release matrix
 def test_registration_survives_killed_and_reloaded_workers(
     gunicorn: Callable[[int], Gunicorn], conn: geventc.Connector
 ) -> None:

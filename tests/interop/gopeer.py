@@ -188,7 +188,10 @@ class GoPeer:
             line = self._take(event)
             if line is not None:
                 return line
-            if self.finished:
+            if self.finished:  # its last lines may have been read while it was checked
+                line = self._take(event)
+                if line is not None:
+                    return line
                 raise PeerError(f"the Go peer ended without printing {event!r}; {self._describe()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
