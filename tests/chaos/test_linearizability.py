@@ -96,10 +96,10 @@ def etcd_binary() -> str | None:
     return max(built)[1] if built else None
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[EtcdCluster]:
-    """This module's own 3-member cluster: members in network namespaces behind fault
-    proxies (participants use the proxies), auth on with a short token TTL."""
+def started_cluster(binary: str | None, **options: Any) -> Iterator[EtcdCluster]:
+    """A 3-member cluster of ``binary``: members in network namespaces behind fault
+    proxies (participants use the proxies), auth on with a short token TTL; stopped
+    after the module. Skips where namespaces cannot be made."""
     try:
         members = EtcdCluster(
             3,
@@ -108,7 +108,8 @@ def cluster() -> Iterator[EtcdCluster]:
             proxied=True,
             auth=True,
             auth_token_ttl=TOKEN_TTL,
-            binary=etcd_binary(),
+            binary=binary,
+            **options,
         ).start()
     except FaultHarnessUnavailable as exc:
         pytest.skip(f"the chaos runs need member network namespaces: {exc}")
@@ -116,6 +117,12 @@ def cluster() -> Iterator[EtcdCluster]:
         yield members
     finally:
         members.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EtcdCluster]:
+    """This module's own cluster (:func:`started_cluster`) of :func:`etcd_binary`."""
+    yield from started_cluster(etcd_binary())
 
 
 @pytest.fixture(scope="module")
@@ -137,23 +144,7 @@ def failpoint_cluster() -> Iterator[EtcdCluster]:
         binary = find_release("3.6-failpoints").binary
     except EtcdNotFound as exc:
         pytest.skip(f"no failpoint build and no `go` to make one: {exc}")
-    try:
-        members = EtcdCluster(
-            3,
-            fsync=False,
-            netns=True,
-            proxied=True,
-            auth=True,
-            auth_token_ttl=TOKEN_TTL,
-            binary=binary,
-            member_env=Gofail(),
-        ).start()
-    except FaultHarnessUnavailable as exc:
-        pytest.skip(f"the chaos runs need member network namespaces: {exc}")
-    try:
-        yield members
-    finally:
-        members.stop()
+    yield from started_cluster(binary, member_env=Gofail())
 
 
 @pytest.fixture(scope="module")
