@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 
@@ -40,6 +40,21 @@ PACKAGE = "tests.chaos.participants"
 SEEDS = (1, 2)
 #: one line per finished run (property, seed, duration, faults), for the test report
 SUMMARIES: list[str] = []
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bounded(seconds: float) -> Callable[[F], F]:
+    """The seconds of fault injection of a chaos test in the bounded run (the
+    ``seconds`` fixture of ``conftest.py`` gives it, or its share of
+    ``GEVENTC_CHAOS_SECONDS``)."""
+
+    def mark(test: F) -> F:
+        test.chaos_seconds = seconds  # type: ignore[attr-defined]
+        return test
+
+    return mark
 
 
 @dataclass(frozen=True)

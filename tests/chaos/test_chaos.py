@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -18,7 +18,7 @@ from geventc.testing import EtcdCluster
 from geventc.testing.faults import FaultHarnessUnavailable
 
 from . import checks
-from .harness import Run, Settings
+from .harness import Run, Settings, bounded
 from .schedule import Profile, make_plan
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
@@ -41,7 +41,6 @@ MEMBER_FAULTS = {
 SEEDS = pytest.mark.parametrize("seed", SETTINGS.seeds)
 #: the toolkit's properties run one seed in the bounded run (any given ones otherwise)
 ONE_SEED = pytest.mark.parametrize("seed", SETTINGS.bounded_seeds(1))
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @pytest.fixture(scope="module")
@@ -57,31 +56,6 @@ def cluster() -> Iterator[EtcdCluster]:
         yield members
     finally:
         members.stop()
-
-
-def bounded(seconds: float) -> Callable[[F], F]:
-    """The seconds of fault injection of a test in the bounded run."""
-
-    def mark(test: F) -> F:
-        test.chaos_seconds = seconds  # type: ignore[attr-defined]
-        return test
-
-    return mark
-
-
-@pytest.fixture
-def seconds(request: pytest.FixtureRequest) -> float:
-    """Seconds of fault injection for this test: the bounded default, or an equal share
-    of ``GEVENTC_CHAOS_SECONDS`` among the chaos tests selected."""
-    default: float = request.function.chaos_seconds
-    if SETTINGS.seconds is None:
-        return default
-    selected = [
-        item
-        for item in request.session.items
-        if hasattr(getattr(item, "function", None), "chaos_seconds")
-    ]
-    return max(default, SETTINGS.seconds / max(1, len(selected)))
 
 
 def start(run: Run, cluster: EtcdCluster) -> None:

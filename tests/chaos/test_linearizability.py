@@ -35,9 +35,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -48,7 +48,7 @@ from geventc.testing.releases import EtcdNotFound, binary_release, find_release
 from geventc.testing.server import ROOT_PASSWORD
 
 from . import linearizability
-from .harness import ROOT, SUMMARIES, Run, Settings
+from .harness import ROOT, SUMMARIES, Run, Settings, bounded
 from .schedule import Profile, make_plan
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
@@ -77,7 +77,6 @@ FAILPOINTS = (
     "beforeCommit",
     "afterCommit",
 )
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def etcd_binary() -> str | None:
@@ -155,31 +154,6 @@ def checker() -> Any:
         return linearizability.build_checker()
     except linearizability.GoMissing as exc:
         pytest.skip(f"linearizability checks skipped: {exc}")
-
-
-def bounded(seconds: float) -> Callable[[F], F]:
-    """The seconds of fault injection of a test in the bounded run."""
-
-    def mark(test: F) -> F:
-        test.chaos_seconds = seconds  # type: ignore[attr-defined]
-        return test
-
-    return mark
-
-
-@pytest.fixture
-def seconds(request: pytest.FixtureRequest) -> float:
-    """The bounded default, or an equal share of ``GEVENTC_CHAOS_SECONDS`` among the
-    chaos tests selected."""
-    default: float = request.function.chaos_seconds
-    if SETTINGS.seconds is None:
-        return default
-    selected = [
-        item
-        for item in request.session.items
-        if hasattr(getattr(item, "function", None), "chaos_seconds")
-    ]
-    return max(default, SETTINGS.seconds / max(1, len(selected)))
 
 
 @dataclass(frozen=True)
